@@ -1,0 +1,339 @@
+"""Experiment file → runs: axes, named bundles, zip groups, exclude, include, dedupe.
+
+A run's id is built from its axis values, axis names sorted, so reordering
+YAML keys never changes an id: `method~fomaml/model.preset~micro/seed~42`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metapretrain.config.errors import ConfigError, dotted, suggest
+from metapretrain.config.schema import experiment_schema, fill_defaults, known_keys, run_schema, subschema, validate
+from metapretrain.config.types import RunConfig
+from metapretrain.config.yamlpos import PositionedYAML
+
+# Sections that say how and where a run executes, not what it computes:
+# they are left out of the run hash, so changing them never changes a run's identity.
+NON_IDENTITY_SECTIONS = ("launch", "wandb")
+TOKENIZE_SECTIONS = ("data", "corpus", "tokenizer")
+
+
+@dataclass
+class Run:
+    run_id: str
+    axes: dict[str, str]  # axis name -> value label
+    config: dict  # fully resolved run config
+    hash: str
+    source: str = "grid"  # grid | include
+
+    @property
+    def typed(self) -> RunConfig:
+        return RunConfig.from_dict(self.config)
+
+    @property
+    def tok_id(self) -> str:
+        return tokenize_id(self.config)
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    file: str | None
+    axes: list[str]
+    runs: list[Run]
+    collapsed: list[tuple[str, str]] = field(default_factory=list)  # (dropped id, kept id)
+
+    def run(self, run_id: str) -> Run:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        raise KeyError(f"no run {run_id!r} in experiment {self.name!r}; runs: {', '.join(r.run_id for r in self.runs)}")
+
+    def tokenize_configs(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for r in self.runs:
+            out.setdefault(r.tok_id, {k: r.config[k] for k in TOKENIZE_SECTIONS} | {"seed": r.config["seed"]})
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def short_hash(obj: Any, n: int = 10) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def run_hash(config: dict) -> str:
+    return short_hash({k: v for k, v in config.items() if k not in NON_IDENTITY_SECTIONS})
+
+
+def tokenize_id(config: dict) -> str:
+    # The seed matters to tokenization only through the validation split, which is hash-based: leave it out.
+    return f"{config['corpus']['name']}-{short_hash({k: config[k] for k in TOKENIZE_SECTIONS}, 8)}"
+
+
+def format_value(value: Any) -> str:
+    """A path-safe, readable label for an axis value."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = repr(value) if math.isfinite(value) else str(value)
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (list, dict)):
+        text = short_hash(value, 8)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
+
+
+def nest(overrides: dict) -> dict:
+    """{'train.lr': 1, 'meta': {'learner': 'x'}} -> {'train': {'lr': 1}, 'meta': {'learner': 'x'}}."""
+    out: dict = {}
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{key}' sets a key inside a non-mapping value")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], nest(value))
+        else:
+            node[parts[-1]] = nest(value) if isinstance(value, dict) and _nested_keys(value) else copy.deepcopy(value)
+    return out
+
+
+def _nested_keys(value: dict) -> bool:
+    return any("." in str(k) for k in value) or any(isinstance(v, dict) for v in value.values())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_dotted_key(key: str, *, file, line) -> None:
+    parts = tuple(key.split("."))
+    for i in range(len(parts)):
+        if subschema(parts[: i + 1]) is None:
+            allowed = known_keys(parts[:i])
+            parent = ".".join(parts[:i]) or "top level"
+            # Keys inside free-form mappings (launch.slurm.extra, ...stages) are not in the schema.
+            parent_schema = subschema(parts[:i])
+            if parent_schema is not None and parent_schema.get("type") == "object" and "properties" not in parent_schema:
+                return
+            raise ConfigError(f"unknown key '{parts[i]}' in {parent}{suggest(parts[i], allowed)}; allowed keys: {', '.join(allowed)}",
+                              file=file, key=key, line=line)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
+                    overrides: dict | None = None) -> Experiment:
+    """Load, validate and expand an experiment file (or an already-parsed dict, e.g. Snakemake's `config`).
+
+    `overrides` are dotted keys applied to `defaults` (Snakemake `--config train.lr=1e-3`).
+    Top-level dotted keys in `data` are treated the same way.
+    """
+    if data is None:
+        doc = PositionedYAML.from_file(path)
+        data, lines, file = doc.data, doc.line, doc.file
+    else:
+        file = str(path) if path else None
+        try:
+            doc = PositionedYAML.from_file(path) if path and os.path.exists(path) else None
+        except ConfigError:
+            doc = None
+        lines = doc.line if doc else (lambda p: None)
+    if not isinstance(data, dict):
+        raise ConfigError("an experiment file must be a mapping with at least `experiment:`", file=file, line=1)
+    data = dict(data)
+    cli = {k: data.pop(k) for k in list(data) if "." in str(k)}
+    cli.update(overrides or {})
+    validate(data, experiment_schema(), file=file, lines=lines)
+    data = fill_defaults(data, experiment_schema())
+
+    defaults = data["defaults"] or {}
+    validate(defaults, run_schema(), file=file, lines=lines, prefix=("defaults",))
+    for key, value in cli.items():
+        _check_dotted_key(key, file="--config", line=None)
+        validate(value, subschema(tuple(key.split("."))) or {}, file="--config", prefix=tuple(key.split(".")))
+    base = deep_merge(defaults, nest(cli))
+
+    axes = _parse_axes(data["grid"], data["zip"], file, lines)
+    points = [dict(p) for p in itertools.product(*[[(name, v) for v in values] for name, values in axes.items()])]
+    points = [p for p in points if not _excluded(p, data["exclude"], axes, file, lines)]
+
+    runs: list[Run] = []
+    for point in points:
+        runs.append(_make_run(point, axes, base, file, lines, source="grid"))
+    for i, item in enumerate(data["include"]):
+        point, extra = _parse_include(item, axes, file, lines, i)
+        run = _make_run(point, axes, deep_merge(base, nest(extra)), file, lines, source="include",
+                        extra_labels={k: format_value(v) for k, v in extra.items()})
+        runs.append(run)
+
+    unique: list[Run] = []
+    seen: dict[str, str] = {}
+    ids: dict[str, Run] = {}
+    collapsed = []
+    for run in runs:
+        if run.hash in seen:
+            collapsed.append((run.run_id, seen[run.hash]))
+            continue
+        if run.run_id in ids:
+            raise ConfigError(f"two different runs share the id '{run.run_id}' (an include repeats a grid point "
+                              "with other overrides?); give them distinct axis values", file=file)
+        seen[run.hash] = run.run_id
+        ids[run.run_id] = run
+        unique.append(run)
+    return Experiment(name=data["experiment"], description=data.get("description", ""), file=file,
+                      axes=list(axes), runs=unique, collapsed=collapsed)
+
+
+def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str, dict]]]:
+    """axis name -> [(value label, nested overrides)]."""
+    axes: dict[str, list[tuple[str, dict]]] = {}
+    for name, spec in grid.items():
+        name = str(name)
+        if isinstance(spec, list):  # dotted key axis
+            _check_dotted_key(name, file=file, line=lines(("grid", name)))
+            sch = subschema(tuple(name.split("."))) or {}
+            values = []
+            for i, v in enumerate(spec):
+                validate(v, sch, file=file, lines=lambda p, i=i: lines(("grid", name, i)), prefix=tuple(name.split(".")))
+                values.append((format_value(v), nest({name: v})))
+            _unique_labels(name, values, file, lines(("grid", name)))
+            axes[name] = values
+        else:  # named axis of bundles
+            if "." in name:
+                raise ConfigError(f"a named axis maps value names to override bundles, but '{name}' looks like a "
+                                  "dotted key: give it a list of values instead", file=file, key=f"grid.{name}",
+                                  line=lines(("grid", name)))
+            values = []
+            for label, bundle in spec.items():
+                overrides = nest(bundle or {})
+                for key in _flat_keys(bundle or {}):
+                    _check_dotted_key(key, file=file, line=lines(("grid", name, label, key)) or lines(("grid", name, label)))
+                validate(overrides, run_schema(), file=file,
+                         lines=lambda p, label=label: lines(("grid", name, label)), prefix=())
+                values.append((format_value(label), overrides))
+            axes[name] = values
+    for name, group in zips.items():
+        name = str(name)
+        if name in axes:
+            raise ConfigError(f"zip group '{name}' has the same name as a grid axis", file=file, key=f"zip.{name}",
+                              line=lines(("zip", name)))
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError("zip lists must have equal lengths, got " + ", ".join(f"{k}: {n}" for k, n in lengths.items()),
+                              file=file, key=f"zip.{name}", line=lines(("zip", name)))
+        keys = list(group)
+        for key in keys:
+            _check_dotted_key(key, file=file, line=lines(("zip", name, key)))
+            sch = subschema(tuple(key.split("."))) or {}
+            for i, v in enumerate(group[key]):
+                validate(v, sch, file=file, lines=lambda p, key=key, i=i: lines(("zip", name, key, i)),
+                         prefix=tuple(key.split(".")))
+        values = []
+        for i in range(len(group[keys[0]])):
+            values.append((format_value(group[keys[0]][i]), nest({k: group[k][i] for k in keys})))
+        _unique_labels(f"zip.{name}", values, file, lines(("zip", name)))
+        axes[name] = values
+    return axes
+
+
+def _flat_keys(bundle: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in bundle.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        sch = subschema(tuple(key.split(".")))
+        if isinstance(v, dict) and sch is not None and "properties" in sch:
+            keys.extend(_flat_keys(v, key))
+        else:
+            keys.append(key)
+    return keys
+
+
+def _unique_labels(name, values, file, line) -> None:
+    labels = [label for label, _ in values]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"axis values must be distinct, '{dup[0]}' appears twice", file=file, key=name, line=line)
+
+
+def _label_of(axes, name, value, file, line, where) -> str:
+    if name not in axes:
+        raise ConfigError(f"'{name}' is not a grid axis{suggest(name, axes)}; axes: {', '.join(axes) or '(none)'}",
+                          file=file, key=where, line=line)
+    labels = [label for label, _ in axes[name]]
+    label = format_value(value)
+    if label not in labels:
+        raise ConfigError(f"{value!r} is not a value of axis '{name}'; values: {', '.join(labels)}",
+                          file=file, key=where, line=line)
+    return label
+
+
+def _excluded(point: dict, rules: list[dict], axes, file, lines) -> bool:
+    for i, rule in enumerate(rules):
+        match = True
+        for name, value in rule.items():
+            vals = value if isinstance(value, list) else [value]
+            labels = [_label_of(axes, str(name), v, file, lines(("exclude", i, name)), f"exclude[{i}].{name}") for v in vals]
+            if point[str(name)][0] not in labels:
+                match = False
+        if match:
+            return True
+    return False
+
+
+def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
+    point, extra = {}, {}
+    for name, value in item.items():
+        name = str(name)
+        if name in axes:
+            label = _label_of(axes, name, value, file, lines(("include", i, name)), f"include[{i}].{name}")
+            point[name] = next(v for v in axes[name] if v[0] == label)
+        else:
+            _check_dotted_key(name, file=file, line=lines(("include", i, name)))
+            validate(value, subschema(tuple(name.split("."))) or {}, file=file,
+                     lines=lambda p, name=name: lines(("include", i, name)), prefix=tuple(name.split(".")))
+            extra[name] = value
+    return point, extra
+
+
+def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra_labels: dict | None = None) -> Run:
+    cfg = base
+    for name in axes:
+        if name in point:
+            cfg = deep_merge(cfg, point[name][1])
+    resolved = fill_defaults(cfg)
+    labels = {name: point[name][0] for name in point} | (extra_labels or {})
+    run_id = "/".join(f"{k}~{v}" for k, v in sorted(labels.items())) or "base"
+    validate(resolved, run_schema(), file=file, lines=lambda p: None, prefix=())
+    from metapretrain.config.semantics import check
+
+    check(resolved, file=file, run_id=run_id, lines=lines)
+    return Run(run_id=run_id, axes=labels, config=resolved, hash=run_hash(resolved), source=source)
