@@ -1,0 +1,1 @@
+"""Running stage work through submitit: debug (in-process), local (subprocess) or SLURM."""

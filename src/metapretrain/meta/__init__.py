@@ -1,0 +1,1 @@
+"""Meta-learning steps: episode builders and meta-learners, registered by name."""

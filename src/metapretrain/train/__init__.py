@@ -1,0 +1,1 @@
+"""Pretraining: loop, step kinds, schedule, checkpoints, metrics."""

@@ -1,0 +1,122 @@
+"""Step kinds: what one micro-batch of training does.
+
+The loop (train/loop.py) draws a step kind per micro-batch and calls its
+`run`; it never knows which objective or meta-learner it runs. Step kinds are
+registered by name; meta-learners (metapretrain.meta) register themselves
+the same way and are reached through `meta.learner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_STEP_KINDS: dict[str, type[StepKind]] = {}
+
+
+def register_step(name: str):
+    """Class decorator: make a step kind available under `name`."""
+
+    def wrap(cls):
+        if name in _STEP_KINDS and _STEP_KINDS[name] is not cls:
+            raise ValueError(f"step kind {name!r} is registered twice ({_STEP_KINDS[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _STEP_KINDS[name] = cls
+        return cls
+
+    return wrap
+
+
+def step_kind(name: str) -> type[StepKind]:
+    if name not in _STEP_KINDS:
+        # Meta-learners live in metapretrain.meta and register on import.
+        import metapretrain.meta  # noqa: F401
+    try:
+        return _STEP_KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown step kind {name!r}; known: {', '.join(sorted(_STEP_KINDS))}") from None
+
+
+def known_step_kinds() -> list[str]:
+    import metapretrain.meta  # noqa: F401
+
+    return sorted(_STEP_KINDS)
+
+
+@dataclass
+class StepContext:
+    """Everything a step kind may use. Built once per run by the loop."""
+
+    model: torch.nn.Module  # the Decoder (possibly compiled/wrapped; `raw_model` is the plain one)
+    cfg: Any  # RunConfig
+    device: torch.device
+    batches: Any  # resumable batch source: .next() -> LongTensor[B, T + 1] on CPU
+    shard: Any = None  # numpy memmap of the training tokens (episode samplers index it)
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    raw_model: torch.nn.Module | None = None
+    tokenizer_path: str | None = None  # tokenizer.json (word-level episodes need it)
+    special_tokens: dict[str, int] = field(default_factory=dict)  # e.g. {"mask": id, "eos": id}
+
+    def __post_init__(self):
+        if self.raw_model is None:
+            self.raw_model = self.model
+
+
+@dataclass
+class StepOutput:
+    loss: float  # the step's training loss (for next_token: mean token cross-entropy)
+    tokens: int  # tokens processed by forward passes in this step (inner loops included)
+    flops: float  # training FLOPs spent (forward + backward, inner loops included)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class StepKind:
+    """Base class. Subclasses implement `run`; `parameters`/`state_dict` when they own state."""
+
+    name = "base"
+
+    def __init__(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Extra trainable parameters owned by the step kind; the outer AdamW includes them."""
+        return []
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Named modules whose state is checkpointed with the model (e.g. {'episode_head': head})."""
+        return {}
+
+    def run(self, scale: float, gen: torch.Generator) -> StepOutput:
+        """Forward + backward of one micro-batch; gradients (loss * scale) accumulate into `.grad`."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]."""
+    logits = model(batch[:, :-1])
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+@register_step("next_token")
+class NextTokenStep(StepKind):
+    """Autoregressive next-token prediction on the next batch of the token stream."""
+
+    def run(self, scale: float, gen: torch.Generator) -> StepOutput:
+        batch = self.ctx.batches.next().to(self.ctx.device, non_blocking=True)
+        with self.ctx.autocast():
+            loss = next_token_loss(self.ctx.model, batch)
+        (loss * scale).backward()
+        n_tokens = batch.shape[0] * (batch.shape[1] - 1)
+        flops = self.ctx.raw_model.flops_per_token(batch.shape[1] - 1) * n_tokens
+        return StepOutput(loss=loss.item(), tokens=n_tokens, flops=flops)
