@@ -172,6 +172,14 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
     data = dict(data)
     cli = {k: data.pop(k) for k in list(data) if "." in str(k)}
     cli.update(overrides or {})
+    run_sections = set(run_schema()["properties"])
+    for key in data:
+        if key not in experiment_schema()["properties"]:
+            close = suggest(key, run_sections)
+            if key in run_sections or close:
+                target = key if key in run_sections else close.split("'")[1]
+                raise ConfigError(f"unknown top-level key '{key}': run settings go under `defaults:` "
+                                  f"(did you mean 'defaults.{target}'?)", file=file, key=str(key), line=lines((key,)))
     validate(data, experiment_schema(), file=file, lines=lines)
     data = fill_defaults(data, experiment_schema())
 

@@ -44,7 +44,7 @@ class Progress:
         self.lines_written = 0
 
     def __enter__(self) -> Progress:
-        self._start = time.monotonic()
+        self._start = self._last_line = time.monotonic()
         if not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
 

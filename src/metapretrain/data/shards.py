@@ -1,0 +1,65 @@
+"""Token shards: flat numpy memmaps (`train.bin`, `val.bin`) described by `manifest.json`.
+
+Documents are encoded with the batch encoder and concatenated, each followed
+by `<|endoftext|>`. The dtype is uint16 when the vocabulary fits, else uint32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+class ShardWriter:
+    """Appends encoded documents to an open binary file in chunks."""
+
+    def __init__(self, fh, tokenizer, eos_id: int, dtype: np.dtype, chunk_docs: int = 4096):
+        self.fh, self.tok, self.eos, self.dtype = fh, tokenizer, eos_id, dtype
+        self.chunk_docs = chunk_docs
+        self.pending: list[str] = []
+        self.tokens = 0
+        self.documents = 0
+
+    def add(self, doc: str) -> None:
+        self.pending.append(doc)
+        if len(self.pending) >= self.chunk_docs:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        encodings = self.tok.encode_batch(self.pending, add_special_tokens=False)
+        lengths = [len(e.ids) + 1 for e in encodings]
+        out = np.empty(sum(lengths), dtype=self.dtype)
+        pos = 0
+        for e, n in zip(encodings, lengths, strict=True):
+            out[pos:pos + n - 1] = e.ids
+            out[pos + n - 1] = self.eos
+            pos += n
+        self.fh.write(out.tobytes())
+        self.tokens += len(out)
+        self.documents += len(self.pending)
+        self.pending = []
+
+
+def read_manifest(tok_dir: str | Path) -> dict:
+    path = Path(tok_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no token manifest; run the tokenize stage first") from None
+
+
+def open_split(tok_dir: str | Path, split: str) -> np.memmap:
+    """The token memmap of `split` ('train' or 'val'), read-only."""
+    manifest = read_manifest(tok_dir)
+    info = manifest["splits"][split]
+    return np.memmap(Path(tok_dir) / info["file"], dtype=np.dtype(manifest["dtype"]), mode="r", shape=(info["tokens"],))

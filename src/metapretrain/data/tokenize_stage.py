@@ -1,0 +1,115 @@
+"""The tokenize stage: corpus → tokenizer.json + train/val token shards + manifest.
+
+Deterministic: the same input and config give byte-identical outputs. Every
+output is written to a temporary directory that replaces the target only when
+complete, so a killed run never leaves a half-written directory that looks done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from metapretrain.data.corpus import CorpusError, is_validation, iter_documents, source_files
+from metapretrain.data.paths import resolve, resolve_data_root
+from metapretrain.data.shards import MANIFEST, ShardWriter, shard_dtype
+from metapretrain.data.tokenizer import load_tokenizer, special_token_ids, train_bpe
+from metapretrain.io import sha256_file, write_done, write_json
+from metapretrain.progress import Progress
+
+
+def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) -> dict:
+    """Run the stage for a tokenize config (`data`, `corpus`, `tokenizer` sections). Returns the manifest."""
+    out_dir = Path(out_dir)
+    root = resolve_data_root(root=config["data"]["root"], cache_dir=config["data"]["cache_dir"])
+    fetch = (not root.exists() or root == Path(config["data"]["cache_dir"]).expanduser().resolve()) if fetch is None else fetch
+    corpus, tcfg = config["corpus"], config["tokenizer"]
+    frac = corpus["validation_fraction"]
+    started = time.monotonic()
+
+    # Pass 1: the tokenizer, trained on training documents only (validation text stays unseen).
+    if tcfg["kind"] == "pretrained":
+        tok = load_tokenizer(resolve(tcfg["path"], root))
+    else:
+        train_docs = (d for d in iter_documents(corpus, root, fetch=fetch) if not is_validation(d, frac))
+        tok = train_bpe(train_docs, tcfg["vocab_size"], tcfg["min_frequency"])
+    vocab = tok.get_vocab_size()
+    dtype = shard_dtype(vocab)
+    special = special_token_ids(tok)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        tok.save(str(tmp / "tokenizer.json"))
+        # Pass 2: encode every document into its split, in corpus order.
+        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+            writers = {"train": ShardWriter(ftrain, tok, special["eos"], dtype),
+                       "val": ShardWriter(fval, tok, special["eos"], dtype)}
+            n_docs = 0
+            with Progress("tokenize", total=0, unit="docs", every_s=10) as bar:
+                for doc in iter_documents(corpus, root, fetch=False):
+                    writers["val" if is_validation(doc, frac) else "train"].add(doc)
+                    n_docs += 1
+                    if n_docs % 4096 == 0:
+                        bar.total = n_docs
+                        bar.update(n_docs, tokens=writers["train"].tokens + writers["val"].tokens)
+                for w in writers.values():
+                    w.flush()
+                bar.total = n_docs
+                bar.update(n_docs, tokens=writers["train"].tokens + writers["val"].tokens)
+        for split, w in writers.items():
+            if w.tokens == 0:
+                raise CorpusError(f"the {split} split is empty ({n_docs} documents, validation_fraction={frac}): "
+                                  "add text or change corpus.validation_fraction")
+        manifest = {
+            "format": 1,
+            "dtype": dtype.name,
+            "vocab_size": vocab,
+            "special_tokens": special,
+            "tokenizer_sha256": sha256_file(tmp / "tokenizer.json"),
+            "splits": {
+                split: {"file": f"{split}.bin", "tokens": w.tokens, "documents": w.documents,
+                        "sha256": sha256_file(tmp / f"{split}.bin")}
+                for split, w in writers.items()
+            },
+            "sources": [{"path": str(p), "sha256": sha256_file(p)} for p in source_files(corpus, root)],
+            "config": {k: config[k] for k in ("data", "corpus", "tokenizer")},
+        }
+        write_json(tmp / MANIFEST, manifest)
+        (tmp / "tokenize.yaml").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_done(tmp, "tokenize", None, ["tokenizer.json", "train.bin", "val.bin", MANIFEST],
+                   extra={"seconds": round(time.monotonic() - started, 2)})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    total = sum(s["tokens"] for s in manifest["splits"].values())
+    print(f"tokenize: {n_docs} documents, {total:,} tokens (train {manifest['splits']['train']['tokens']:,}, "
+          f"val {manifest['splits']['val']['tokens']:,}), vocab {vocab}, {time.monotonic() - started:.1f}s -> {out_dir}")
+    return manifest
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="metapretrain tokenize", description=__doc__)
+    parser.add_argument("--config", required=True, help="tokenize config (YAML/JSON with data, corpus, tokenizer sections)")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    args = parser.parse_args(argv)
+    from metapretrain.config.load import run_config_from_dict
+    from metapretrain.config.yamlpos import PositionedYAML
+
+    doc = PositionedYAML.from_file(args.config)
+    cfg = run_config_from_dict(doc.data, file=doc.file, lines=doc.line).to_dict()
+    try:
+        tokenize(cfg, args.out)
+    except (CorpusError, FileNotFoundError, ValueError) as exc:
+        print(f"metapretrain tokenize: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,126 @@
+"""`metapretrain grid show | validate | diff | materialize`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from metapretrain.config.errors import ConfigError
+from metapretrain.grid import Experiment, Run, load_experiment
+from metapretrain.io import atomic_write_text, write_json
+from metapretrain.paths import run_dir as run_dir_path
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """['train.lr=1e-3', ...] -> {'train.lr': 0.001}; values parsed as YAML scalars."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def write_run_files(exp_name: str, run: Run, directory: str | Path | None = None) -> Path:
+    """Write `config.resolved.yaml` and `run.json` for a run (atomically); returns the run directory."""
+    from metapretrain.config.load import dump_yaml
+
+    directory = Path(directory) if directory else run_dir_path(exp_name, run.run_id)
+    atomic_write_text(directory / "config.resolved.yaml", dump_yaml(run.config))
+    write_json(directory / "run.json", {"run_id": run.run_id, "hash": run.hash, "axes": run.axes,
+                                        "experiment": exp_name, "source": run.source, "tok_id": run.tok_id})
+    return directory
+
+
+def write_tokenize_config(exp: Experiment, tok_id: str, path: str | Path) -> None:
+    from metapretrain.config.load import dump_yaml
+
+    atomic_write_text(path, dump_yaml(exp.tokenize_configs()[tok_id]))
+
+
+def _table(exp: Experiment) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{exp.name}: {len(exp.runs)} runs" + (f" — {exp.description}" if exp.description else ""))
+    table.add_column("#", justify="right")
+    table.add_column("run id", overflow="fold")
+    for axis in exp.axes:
+        table.add_column(axis)
+    table.add_column("from")
+    table.add_column("hash")
+    table.add_column("tokenize")
+    for i, run in enumerate(exp.runs, 1):
+        table.add_row(str(i), run.run_id, *[run.axes.get(a, "·") for a in exp.axes],
+                      run.source, run.hash, run.tok_id)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for dropped, kept in exp.collapsed:
+        console.print(f"[dim]{dropped} has the same resolved config as {kept}: collapsed into it[/dim]")
+
+
+def _diff(old: Experiment, new: Experiment) -> dict:
+    a = {r.run_id: r.hash for r in old.runs}
+    b = {r.run_id: r.hash for r in new.runs}
+    return {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "changed": sorted(k for k in set(a) & set(b) if a[k] != b[k]),
+        "unchanged": sorted(k for k in set(a) & set(b) if a[k] == b[k]),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="metapretrain grid", description="Inspect an experiment's grid.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_show = sub.add_parser("show", help="print the runs as a table")
+    p_show.add_argument("config")
+    p_show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_val = sub.add_parser("validate", help="check experiment files; exit 2 on the first error")
+    p_val.add_argument("configs", nargs="+")
+    p_diff = sub.add_parser("diff", help="runs an edit adds, removes or changes")
+    p_diff.add_argument("old")
+    p_diff.add_argument("new")
+    p_diff.add_argument("--json", action="store_true")
+    p_mat = sub.add_parser("materialize", help="write a run's config.resolved.yaml and run.json")
+    p_mat.add_argument("config")
+    p_mat.add_argument("--run", required=True, help="run id")
+    p_mat.add_argument("--out", help="run directory (default results/<experiment>/runs/<run id>)")
+    for p in (p_show, p_val, p_diff, p_mat):
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a defaults key (repeatable)")
+    args = parser.parse_args(argv)
+    sets = parse_sets(args.set)
+
+    if args.cmd == "show":
+        exp = load_experiment(args.config, overrides=sets)
+        if args.json:
+            json.dump({"experiment": exp.name, "axes": exp.axes,
+                       "runs": [{"run_id": r.run_id, "axes": r.axes, "hash": r.hash, "source": r.source,
+                                 "tok_id": r.tok_id} for r in exp.runs],
+                       "collapsed": exp.collapsed}, sys.stdout, indent=2)
+            print()
+        else:
+            _table(exp)
+    elif args.cmd == "validate":
+        for path in args.configs:
+            exp = load_experiment(path, overrides=sets)
+            print(f"{path}: OK ({len(exp.runs)} runs, axes: {', '.join(exp.axes) or 'none'})")
+    elif args.cmd == "diff":
+        d = _diff(load_experiment(args.old, overrides=sets), load_experiment(args.new, overrides=sets))
+        if args.json:
+            print(json.dumps(d, indent=2))
+        else:
+            for key, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
+                for run_id in d[key]:
+                    print(f"{sign} {run_id}")
+            print(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed, "
+                  f"{len(d['unchanged'])} unchanged")
+    elif args.cmd == "materialize":
+        exp = load_experiment(args.config, overrides=sets)
+        print(write_run_files(exp.name, exp.run(args.run), args.out))
+    return 0

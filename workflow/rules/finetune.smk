@@ -1,0 +1,28 @@
+rule finetune:
+    input:
+        f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+    output:
+        f"{EXP_DIR}/runs/{{run}}/finetune/{{train_set}}~{{regime}}/done.json",
+    log:
+        f"{EXP_DIR}/runs/{{run}}/logs/finetune/{{train_set}}~{{regime}}.log",
+    benchmark:
+        f"{EXP_DIR}/runs/{{run}}/benchmarks/finetune/{{train_set}}~{{regime}}.tsv"
+    params:
+        run_dir=lambda w: run_dir(w.run),
+    localrule: True
+    shell:
+        "metapretrain finetune --run-dir {params.run_dir:q} --train-set {wildcards.train_set} "
+        "--regime {wildcards.regime} >> {log:q} 2>&1"
+
+
+rule ner_table:
+    input:
+        finetune_targets(),
+    output:
+        csv=f"{EXP_DIR}/ner/results.csv",
+        md=f"{EXP_DIR}/ner/table.md",
+    log:
+        f"{EXP_DIR}/logs/ner_table.log",
+    localrule: True
+    shell:
+        "metapretrain ner-table --experiment-dir {EXP_DIR:q} --out {EXP_DIR:q}/ner > {log:q} 2>&1"
