@@ -199,8 +199,7 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
         runs.append(_make_run(point, axes, base, file, lines, source="grid"))
     for i, item in enumerate(data["include"]):
         point, extra = _parse_include(item, axes, file, lines, i)
-        run = _make_run(point, axes, deep_merge(base, nest(extra)), file, lines, source="include",
-                        extra_labels={k: format_value(v) for k, v in extra.items()})
+        run = _make_run(point, axes, base, file, lines, source="include", extra=extra)
         runs.append(run)
 
     unique: list[Run] = []
@@ -321,10 +320,11 @@ def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
     point, extra = {}, {}
     for name, value in item.items():
         name = str(name)
-        if name in axes:
+        if name in axes and (subschema(tuple(name.split("."))) is None
+                             or format_value(value) in [label for label, _ in axes[name]]):
             label = _label_of(axes, name, value, file, lines(("include", i, name)), f"include[{i}].{name}")
             point[name] = next(v for v in axes[name] if v[0] == label)
-        else:
+        else:  # a dotted key (possibly a value outside its axis): a plain override of this one run
             _check_dotted_key(name, file=file, line=lines(("include", i, name)))
             validate(value, subschema(tuple(name.split("."))) or {}, file=file,
                      lines=lambda p, name=name: lines(("include", i, name)), prefix=tuple(name.split(".")))
@@ -332,13 +332,14 @@ def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
     return point, extra
 
 
-def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra_labels: dict | None = None) -> Run:
+def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: dict | None = None) -> Run:
     cfg = base
     for name in axes:
         if name in point:
             cfg = deep_merge(cfg, point[name][1])
+    cfg = deep_merge(cfg, nest(extra or {}))  # an include's own overrides win over its axis bundles
     resolved = fill_defaults(cfg)
-    labels = {name: point[name][0] for name in point} | (extra_labels or {})
+    labels = {name: point[name][0] for name in point} | {k: format_value(v) for k, v in (extra or {}).items()}
     run_id = "/".join(f"{k}~{v}" for k, v in sorted(labels.items())) or "base"
     validate(resolved, run_schema(), file=file, lines=lambda p: None, prefix=())
     from metapretrain.config.semantics import check

@@ -103,11 +103,13 @@ def validate(cfg: dict, schema: dict, *, file: str | None = None, lines=None, pr
         return
     err = errors[0]
     if err.validator in ("oneOf", "anyOf") and err.context:
-        # Pick the branch error from the alternative that matched the `type` tag, if any.
-        err = sorted(err.context, key=lambda e: -len(e.absolute_path))[0]
-        err_path = tuple(errors[0].absolute_path) + tuple(err.absolute_path)
-    else:
-        err_path = tuple(err.absolute_path)
+        # Report the error of the alternative whose `type` tag the value carries (e.g. a `files` source).
+        tag = err.instance.get("type") if isinstance(err.instance, dict) else None
+        branches = err.validator_value
+        chosen = [i for i, b in enumerate(branches) if b.get("properties", {}).get("type", {}).get("const") == tag]
+        context = [e for e in err.context if not chosen or e.schema_path[0] in chosen]
+        err = sorted(context or err.context, key=lambda e: len(e.absolute_path))[0]
+    err_path = tuple(err.absolute_path)
     full = prefix + err_path
     line = lines(full) if callable(lines) else None
     if err.validator == "additionalProperties":
