@@ -197,3 +197,16 @@ def test_materialize_writes_resolved_config(tmp_path):
     assert cfg.meta.learner == "fomaml"
     info = json.loads((out / "run.json").read_text())
     assert info["axes"] == {"method": "fomaml", "seed": "1", "train.lr": "0.001"}
+
+
+def test_snakemake_config_entries_become_typed_overrides():
+    from metapretrain.grid import overrides_from_snakemake
+
+    # Snakemake hands nested values over as strings.
+    ov, name = overrides_from_snakemake({"train": {"lr": "0.001", "batch_size": "4"}, "launch": {"slurm": {"partition": "gpu"}},
+                                         "set": "model.preset=mini wandb.mode=disabled dynamics.enabled=false", "experiment": "x"})
+    assert ov == {"train.lr": 0.001, "train.batch_size": 4, "launch.slurm.partition": "gpu", "model.preset": "mini",
+                  "wandb.mode": "disabled", "dynamics.enabled": False}
+    assert name == "x"
+    with pytest.raises(ConfigError, match="unknown --config key 'trian'"):
+        overrides_from_snakemake({"trian": {"lr": "1"}})

@@ -346,3 +346,64 @@ def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: di
 
     check(resolved, file=file, run_id=run_id, lines=lines)
     return Run(run_id=run_id, axes=labels, config=resolved, hash=run_hash(resolved), source=source)
+
+
+# --------------------------------------------------------------------------- Snakemake --config
+
+
+def _coerce(value: Any) -> Any:
+    """Snakemake parses nested --config values as strings: give YAML scalars their types back."""
+    import yaml
+
+    if isinstance(value, dict):
+        return {k: _coerce(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        loaded = yaml.safe_load(value) if value else value
+        return loaded if isinstance(loaded, (bool, type(None))) else value
+    return value
+
+
+def overrides_from_snakemake(entries: dict) -> tuple[dict, str | None]:
+    """Snakemake `--config` entries -> (dotted overrides of `defaults`, experiment name or None).
+
+    Snakemake allows only identifier keys, so a key path is given either as
+    a section mapping (`--config 'train={lr: 1.0e-3}'`) or through `set`
+    (`--config set="train.lr=1e-3 launch.slurm.partition=gpu"`).
+    """
+    overrides: dict = {}
+    name = None
+    sections = set(run_schema()["properties"])
+    for key, value in entries.items():
+        if key == "experiment":
+            name = str(value)
+        elif key == "set":
+            for item in str(value).split():
+                if "=" not in item:
+                    raise ConfigError(f"--config set= expects space-separated key.path=value items, got '{item}'")
+                k, v = item.split("=", 1)
+                overrides[k] = _coerce(v)
+        elif key in sections:
+            def flatten(prefix, v):
+                if isinstance(v, dict):
+                    for k2, v2 in v.items():
+                        yield from flatten(f"{prefix}.{k2}", v2)
+                else:
+                    yield prefix, _coerce(v)
+
+            overrides.update(dict(flatten(key, value)))
+        elif "." in key:
+            overrides[key] = _coerce(value)
+        else:
+            raise ConfigError(f"unknown --config key '{key}'{suggest(key, sections | {'set', 'experiment'})}; use a "
+                              "run section (train, model, launch, ...), set=\"a.b=v ...\" or experiment=NAME", file="--config")
+    return overrides, name

@@ -1,5 +1,6 @@
 # Grid → targets. The experiment file is config/config.yaml unless --configfile
-# names another; `--config key.path=value` overrides a `defaults` key in every run.
+# names another (it replaces, never merges). `--config 'train={lr: 1.0e-3}'` or
+# `--config set="train.lr=1e-3 launch.slurm.partition=gpu"` overrides `defaults` keys.
 import re
 from pathlib import Path
 
@@ -7,14 +8,14 @@ import yaml
 from snakemake.utils import validate
 
 from metapretrain import paths
-from metapretrain.grid import load_experiment
+from metapretrain.grid import load_experiment, overrides_from_snakemake
 from metapretrain.grid_cli import write_run_files, write_tokenize_config
 
 EXPERIMENT_FILE = str(workflow.config_settings.configfiles[-1]) if workflow.config_settings.configfiles else "config/config.yaml"
-_overrides = {k: v for k, v in workflow.config_settings.config.items()}
-EXP = load_experiment(EXPERIMENT_FILE, overrides={k: v for k, v in _overrides.items() if "." in k})
-if "experiment" in _overrides:
-    EXP.name = str(_overrides["experiment"])
+_overrides, _name = overrides_from_snakemake(dict(workflow.config_settings.config))
+EXP = load_experiment(EXPERIMENT_FILE, overrides=_overrides)
+if _name:
+    EXP.name = _name
 # The experiment file is also checked by Snakemake's own validator against the same schema.
 validate(yaml.safe_load(Path(EXPERIMENT_FILE).read_text()), "../schemas/experiment.schema.yaml")
 

@@ -27,7 +27,8 @@ def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) ->
     """Run the stage for a tokenize config (`data`, `corpus`, `tokenizer` sections). Returns the manifest."""
     out_dir = Path(out_dir)
     root = resolve_data_root(root=config["data"]["root"], cache_dir=config["data"]["cache_dir"])
-    fetch = (not root.exists() or root == Path(config["data"]["cache_dir"]).expanduser().resolve()) if fetch is None else fetch
+    if fetch is None:  # download only into the cache, i.e. when no configured root or local mirror exists
+        fetch = root == Path(config["data"]["cache_dir"]).expanduser().resolve()
     corpus, tcfg = config["corpus"], config["tokenizer"]
     frac = corpus["validation_fraction"]
     started = time.monotonic()
