@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapretrain.config.errors import ConfigError, dotted, suggest
+from metapretrain.config.errors import ConfigError, suggest
 from metapretrain.config.schema import experiment_schema, fill_defaults, known_keys, run_schema, subschema, validate
 from metapretrain.config.types import RunConfig
 from metapretrain.config.yamlpos import PositionedYAML
@@ -230,7 +230,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
             sch = subschema(tuple(name.split("."))) or {}
             values = []
             for i, v in enumerate(spec):
-                validate(v, sch, file=file, lines=lambda p, i=i: lines(("grid", name, i)), prefix=tuple(name.split(".")))
+                validate(v, sch, file=file, lines=lambda p, i=i, name=name: lines(("grid", name, i)), prefix=tuple(name.split(".")))
                 values.append((format_value(v), nest({name: v})))
             _unique_labels(name, values, file, lines(("grid", name)))
             axes[name] = values
@@ -245,7 +245,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
                 for key in _flat_keys(bundle or {}):
                     _check_dotted_key(key, file=file, line=lines(("grid", name, label, key)) or lines(("grid", name, label)))
                 validate(overrides, run_schema(), file=file,
-                         lines=lambda p, label=label: lines(("grid", name, label)), prefix=())
+                         lines=lambda p, label=label, name=name: lines(("grid", name, label) + tuple(p)), prefix=())
                 values.append((format_value(label), overrides))
             axes[name] = values
     for name, group in zips.items():
@@ -262,7 +262,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
             _check_dotted_key(key, file=file, line=lines(("zip", name, key)))
             sch = subschema(tuple(key.split("."))) or {}
             for i, v in enumerate(group[key]):
-                validate(v, sch, file=file, lines=lambda p, key=key, i=i: lines(("zip", name, key, i)),
+                validate(v, sch, file=file, lines=lambda p, key=key, i=i, name=name: lines(("zip", name, key, i)),
                          prefix=tuple(key.split(".")))
         values = []
         for i in range(len(group[keys[0]])):
@@ -341,7 +341,8 @@ def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: di
     resolved = fill_defaults(cfg)
     labels = {name: point[name][0] for name in point} | {k: format_value(v) for k, v in (extra or {}).items()}
     run_id = "/".join(f"{k}~{v}" for k, v in sorted(labels.items())) or "base"
-    validate(resolved, run_schema(), file=file, lines=lambda p: None, prefix=())
+    # Every part merged here (defaults, each axis value, include overrides, CLI overrides) was validated on its
+    # own and schema defaults are valid, so the merged config is schema-valid; only cross-key checks remain.
     from metapretrain.config.semantics import check
 
     check(resolved, file=file, run_id=run_id, lines=lines)

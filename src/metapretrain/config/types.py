@@ -9,23 +9,24 @@ it one-to-one (tests/test_config.py checks that they match), so code reads
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 
+@functools.cache
+def _section_fields(cls) -> tuple[tuple[str, type | None], ...]:
+    """(field name, nested section class or None) per field; cached, get_type_hints is slow."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name] if isinstance(hints[f.name], type) and issubclass(hints[f.name], _Section)
+                  else None) for f in dataclasses.fields(cls))
+
+
 class _Section:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            value = d[f.name]
-            hint = hints[f.name]
-            if isinstance(hint, type) and issubclass(hint, _Section):
-                value = hint.from_dict(value)
-            kwargs[f.name] = value
-        return cls(**kwargs)
+        return cls(**{name: sub.from_dict(d[name]) if sub else d[name] for name, sub in _section_fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
