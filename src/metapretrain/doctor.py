@@ -1,0 +1,68 @@
+"""`metapretrain doctor <config>`: incomplete, changed and orphaned runs of an experiment.
+
+* incomplete: a grid run with a stage that has no `done.json` yet;
+* changed: a run directory whose recorded hash (run.json) differs from the run's
+  current resolved config, i.e. the YAML changed after it ran (Snakemake will rerun it);
+* orphaned: a run directory under results/<experiment>/runs/ that no grid run claims.
+Nothing is modified; the exit code is 1 when anything needs attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from metapretrain import paths
+
+
+def find_run_dirs(exp_name: str) -> dict[str, Path]:
+    root = paths.experiment_dir(exp_name) / "runs"
+    out = {}
+    for rec in root.rglob("run.json") if root.exists() else []:
+        try:
+            out[json.loads(rec.read_text())["run_id"]] = rec.parent
+        except (json.JSONDecodeError, KeyError):
+            out[str(rec.parent.relative_to(root))] = rec.parent
+    return out
+
+
+def diagnose(exp) -> dict[str, list[dict]]:
+    from metapretrain.status import collect
+
+    on_disk = find_run_dirs(exp.name)
+    report: dict[str, list[dict]] = {"incomplete": [], "changed": [], "orphaned": []}
+    for row in collect(exp):
+        if row.state != "done":
+            report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": row.state, "log": row.log})
+    grid = {r.run_id: r for r in exp.runs}
+    for run_id, directory in sorted(on_disk.items()):
+        if run_id not in grid:
+            report["orphaned"].append({"run_id": run_id, "path": str(directory)})
+            continue
+        recorded = json.loads((directory / "run.json").read_text()).get("hash")
+        if recorded != grid[run_id].hash:
+            report["changed"].append({"run_id": run_id, "path": str(directory), "recorded_hash": recorded,
+                                      "current_hash": grid[run_id].hash})
+    return report
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="metapretrain doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from metapretrain.grid import load_experiment
+
+    exp = load_experiment(args.config)
+    report = diagnose(exp)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        for kind, items in report.items():
+            print(f"{kind}: {len(items)}")
+            for item in items:
+                print("  " + "  ".join(f"{k}={v}" for k, v in item.items() if v is not None))
+    return 1 if any(report.values()) else 0

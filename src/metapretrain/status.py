@@ -1,0 +1,262 @@
+"""`metapretrain status <config>`: the state of every run and stage, from the run directories.
+
+States: planned (nothing there), queued (a SLURM job waits), running (a live
+job; step/total, losses, tokens/s, ETA), done (`done.json` exists), failed (the
+job ended in error: reason and the tail of its log), stale (outputs or a log
+but no live job and no done marker: the job died without a trace).
+
+Only files are read, plus `squeue`/`sacct` for SLURM jobs (with timeouts, so
+a dead controller never hangs the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from metapretrain import paths
+
+SLURM_TIMEOUT_S = 5.0
+LOG_TAIL_LINES = 12
+
+
+@dataclass
+class Row:
+    run_id: str
+    stage: str
+    state: str
+    detail: str = ""
+    log: str | None = None
+    job_id: str | None = None
+    progress: dict = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)
+
+
+def read_job_record(directory: Path, stage_log_name: str) -> dict | None:
+    """The launcher's record of the latest job of a stage (`logs/<name>.job.json`), if any."""
+    path = directory / "logs" / f"{stage_log_name}.job.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 16384) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return fh.read().decode("utf-8", errors="replace").splitlines()[-n:]
+    except FileNotFoundError:
+        return []
+
+
+def last_records(metrics: Path) -> tuple[dict | None, dict | None]:
+    """The last train and eval records of a metrics.jsonl, reading only its end."""
+    train = evalr = None
+    for line in reversed(tail(metrics, n=400, max_bytes=65536)):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("kind") == "train" and train is None:
+            train = rec
+        elif rec.get("kind") == "eval" and evalr is None:
+            evalr = rec
+        if train and evalr:
+            break
+    return train, evalr
+
+
+class SlurmQuery:
+    """Batched squeue/sacct lookups with a timeout; None when SLURM cannot answer."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str, str]] = {}
+        self.available = True
+
+    def state(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        want = [j for j in job_ids if j not in self._cache]
+        if want and self.available:
+            self._cache.update(self._squeue(want))
+            missing = [j for j in want if j not in self._cache]
+            if missing:
+                self._cache.update(self._sacct(missing))
+        return {j: self._cache[j] for j in job_ids if j in self._cache}
+
+    def _run(self, cmd: list[str]) -> str | None:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            self.available = False
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    def _squeue(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        out = self._run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"])
+        result = {}
+        for line in (out or "").splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                result[parts[0].split("_")[0]] = (parts[1], parts[2])
+        return result
+
+    def _sacct(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        out = self._run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State,ExitCode"])
+        result = {}
+        for line in (out or "").splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                result[parts[0].split("_")[0].split(".")[0]] = (parts[1].split()[0], f"exit code {parts[2]}")
+        return result
+
+
+def _pid_alive(record: dict) -> bool:
+    pid, host = record.get("pid"), record.get("host")
+    if not pid or (host and host != socket.gethostname()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return True
+
+
+def stage_row(run_id: str, stage: str, directory: Path, log: Path, record: dict | None, slurm: SlurmQuery,
+              outputs_exist: bool) -> Row:
+    row = Row(run_id=run_id, stage=stage, state="planned", log=str(log) if log.exists() else None)
+    if (directory / "done.json").exists():
+        row.state = "done"
+        return row
+    if record:
+        row.job_id = str(record.get("job_id")) if record.get("job_id") else None
+        if record.get("launcher") == "slurm" and row.job_id:
+            state, reason = slurm.state([row.job_id]).get(row.job_id, (None, ""))
+            if state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD"):
+                row.state, row.detail = "queued", f"SLURM job {row.job_id} {state.lower()} ({reason})"
+                return row
+            if state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+                row.state, row.detail = "running", f"SLURM job {row.job_id}"
+            elif state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+                           "DEADLINE"):
+                row.state, row.detail = "failed", f"SLURM job {row.job_id} {state} ({reason})"
+        elif _pid_alive(record):
+            row.state, row.detail = "running", f"pid {record['pid']}"
+        if row.state == "planned" and record.get("state") == "failed":
+            row.state, row.detail = "failed", record.get("error") or f"exit code {record.get('exit_code')}"
+    if row.state == "planned" and (outputs_exist or log.exists() or record):
+        row.state, row.detail = "stale", "no live job and no done.json: the job died (rerun to resume)"
+    if row.state == "failed":
+        row.log_tail = tail(log)
+    return row
+
+
+def _pretrain_progress(run: Path, cfg: dict) -> tuple[dict, str]:
+    train, evalr = last_records(paths.metrics_file(run))
+    if not train:
+        return {}, ""
+    budget = cfg["train"]["budget"]
+    done = {"steps": train.get("step", 0), "tokens": train.get("tokens", 0), "flops": train.get("flops", 0)}[budget["unit"]]
+    frac = min(1.0, done / budget["value"]) if budget["value"] else 0.0
+    wall = train.get("wall", 0.0)
+    eta = wall * (1 - frac) / frac if frac > 0 else None
+    prog = {"step": train.get("step"), "fraction": round(frac, 4), "tokens": train.get("tokens"),
+            "train_loss": train.get("loss"), "val_loss": evalr.get("val_loss") if evalr else None,
+            "tokens_per_s": train.get("tokens_per_s"), "eta_s": round(eta) if eta is not None else None}
+    text = f"step {prog['step']} ({100 * frac:.0f}%)"
+    if prog["train_loss"] is not None:
+        text += f", loss {prog['train_loss']:.3f}"
+    if prog["val_loss"] is not None:
+        text += f", val {prog['val_loss']:.3f}"
+    if prog["tokens_per_s"]:
+        text += f", {prog['tokens_per_s']:.0f} tok/s"
+    if eta is not None:
+        text += f", ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+    return prog, text
+
+
+def collect(exp, runs_glob: str | None = None) -> list[Row]:
+    slurm = SlurmQuery()
+    rows: list[Row] = []
+    exp_dir = paths.experiment_dir(exp.name)
+    for run in exp.runs:
+        if runs_glob and not fnmatch.fnmatch(run.run_id, runs_glob):
+            continue
+        rd = paths.run_dir(exp.name, run.run_id)
+        tok = paths.tokenize_dir(exp.name, run.tok_id)
+        rows.append(stage_row(run.run_id, "tokenize", tok, exp_dir / "logs" / "tokenize" / f"{run.tok_id}.log",
+                              None, slurm, tok.exists()))
+        pre = paths.pretrain_dir(rd)
+        row = stage_row(run.run_id, "pretrain", pre, paths.log_file(rd, "pretrain"), read_job_record(rd, "pretrain"),
+                        slurm, paths.metrics_file(rd).exists())
+        if row.state in ("running", "stale", "failed"):
+            row.progress, text = _pretrain_progress(rd, run.config)
+            row.detail = "; ".join(x for x in (text, row.detail) if x)
+        rows.append(row)
+        ft = run.config["finetune"]
+        if ft["enabled"]:
+            for ts in ft["train_sets"]:
+                for regime in ft["regimes"]:
+                    name = f"{ts}~{regime}"
+                    d = paths.finetune_dir(rd, ts, regime)
+                    rows.append(stage_row(run.run_id, f"finetune:{name}", d, rd / "logs" / "finetune" / f"{name}.log",
+                                          read_job_record(rd, f"finetune/{name}"), slurm, d.exists()))
+        if run.config["dynamics"]["enabled"]:
+            d = paths.dynamics_dir(rd)
+            rows.append(stage_row(run.run_id, "dynamics", d, paths.log_file(rd, "dynamics"),
+                                  read_job_record(rd, "dynamics"), slurm, d.exists()))
+    return rows
+
+
+STYLE = {"done": "green", "running": "cyan", "queued": "blue", "failed": "red", "stale": "yellow", "planned": "dim"}
+
+
+def render(rows: list[Row], exp_name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    table = Table(title=f"{exp_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for col in ("run", "stage", "state", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        detail = r.detail + (f"\nlog: {r.log}" if r.state in ("failed", "stale") and r.log else "")
+        table.add_row(r.run_id, r.stage, f"[{STYLE[r.state]}]{r.state}[/]", detail)
+    console.print(table)
+    for r in rows:
+        if r.state == "failed" and r.log_tail:
+            console.print(f"[red]{r.run_id} {r.stage}[/] failed; last lines of {r.log}:")
+            for line in r.log_tail:
+                console.print(f"  {line}", markup=False, highlight=False)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="metapretrain status", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="experiment file")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--runs", metavar="GLOB", help="only runs whose id matches this glob")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a defaults key (as in the DAG)")
+    args = parser.parse_args(argv)
+    from metapretrain.grid import load_experiment
+    from metapretrain.grid_cli import parse_sets
+
+    exp = load_experiment(args.config, overrides=parse_sets(args.set))
+    rows = collect(exp, args.runs)
+    if args.json:
+        json.dump({"experiment": exp.name, "rows": [asdict(r) for r in rows]}, sys.stdout, indent=1)
+        print()
+    else:
+        render(rows, exp.name)
+    return 0
