@@ -120,8 +120,14 @@ class SlurmQuery:
         return result
 
 
+FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+                 "UNCOMPLETED")
+
+
 def _pid_alive(record: dict) -> bool:
-    pid, host = record.get("pid"), record.get("host")
+    # Local submitit jobs are processes: their job id is the pid.
+    pid = record.get("pid") or (record.get("job_id") if record.get("launcher") == "local" else None)
+    host = record.get("host")
     if not pid or (host and host != socket.gethostname()):
         return False
     try:
@@ -146,12 +152,11 @@ def stage_row(run_id: str, stage: str, directory: Path, log: Path, record: dict 
                 return row
             if state in ("RUNNING", "COMPLETING", "SUSPENDED"):
                 row.state, row.detail = "running", f"SLURM job {row.job_id}"
-            elif state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-                           "DEADLINE"):
+            elif state in FAILED_STATES:
                 row.state, row.detail = "failed", f"SLURM job {row.job_id} {state} ({reason})"
         elif _pid_alive(record):
-            row.state, row.detail = "running", f"pid {record['pid']}"
-        if row.state == "planned" and record.get("state") == "failed":
+            row.state, row.detail = "running", f"pid {record.get('pid') or record.get('job_id')}"
+        if row.state == "planned" and str(record.get("state", "")).upper() in FAILED_STATES:
             row.state, row.detail = "failed", record.get("error") or f"exit code {record.get('exit_code')}"
     if row.state == "planned" and (outputs_exist or log.exists() or record):
         row.state, row.detail = "stale", "no live job and no done.json: the job died (rerun to resume)"

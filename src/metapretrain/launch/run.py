@@ -1,0 +1,277 @@
+"""Run a stage's work through submitit: in-process (debug), a subprocess (local) or a SLURM job.
+
+    run_stage("pretrain", RUN, cfg, target="metapretrain.train.stage:train_run", kwargs={...}) -> exit code
+
+The job side (`StageJob`, `guard`) lives in launch/job.py; this module is the
+submitting process: it reattaches to a live SLURM job recorded for the same
+run and stage instead of submitting a duplicate, waits with bounded SLURM
+queries (a cancelled job is noticed, never waited on forever), turns every
+way a job can end into one clear line, and on Ctrl-C says which job is still
+live and how to cancel it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from metapretrain import paths
+from metapretrain.launch import jobs, slurm
+from metapretrain.launch.job import StageJob
+
+# How often the submitting process asks SLURM about its job; a few sacct calls a minute are harmless.
+POLL_S = float(os.environ.get("METAPRETRAIN_SLURM_POLL_S", "5"))
+# A job that neither sacct nor squeue knows for this long is reported, not waited on.
+UNKNOWN_GRACE_S = float(os.environ.get("METAPRETRAIN_SLURM_UNKNOWN_S", "300"))
+# The local launcher has no time limit worth the name; submitit's default (2 min) would requeue every run.
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365
+
+
+class LaunchError(RuntimeError):
+    """A stage's job did not complete; the message says how it ended and what to do."""
+
+
+def submitit_folder(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "logs" / "submitit" / stage
+
+
+def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | None = None) -> int:
+    """Run `target(**kwargs)` for one stage of one run with `cfg.launch.launcher`; 0 on success.
+
+    `stage` names the log (`RUN/logs/<stage>.log`) and the job record; its part
+    before a `/` picks the `launch.slurm.stages` overrides (`finetune/Danish-DDT~head`
+    uses `stages.finetune`). `target` must be resumable: a requeued or rerun job
+    calls it again and it continues from its last checkpoint.
+    """
+    run_dir = Path(run_dir).resolve()
+    _check_target(target)
+    log = paths.log_file(run_dir, stage)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    launcher = cfg.launch.launcher
+    grace = max(5.0, cfg.launch.slurm.signal_delay_s / 2)
+    job = StageJob(stage=stage, run_dir=str(run_dir), log=str(log), target=target, kwargs=dict(kwargs or {}),
+                   launcher=launcher, max_requeues=cfg.launch.max_requeues, grace_s=grace, cwd=os.getcwd(),
+                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    _, run_id = jobs.run_identity(run_dir)
+    try:
+        if launcher == "debug":
+            _run_debug(job, run_dir, stage)
+        elif launcher == "local":
+            _run_local(job, run_dir, stage, cfg)
+        elif launcher == "slurm":
+            _run_slurm(job, run_dir, stage, cfg)
+        else:
+            raise LaunchError(f"unknown launch.launcher '{launcher}' (expected debug, local or slurm)")
+    except LaunchError as exc:
+        _say(f"{stage} of run {run_id} failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _check_target(target: str) -> None:
+    module, sep, func = target.partition(":")
+    if not sep or not module or not func.isidentifier():
+        raise ValueError(f"target must be 'package.module:function', got {target!r}")
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"target module '{module}' of {target!r} is not importable")
+
+
+def _say(message: str) -> None:
+    print(f"[launch] {message}", file=sys.stderr, flush=True)
+
+
+def _record(run_dir: Path, stage: str, launcher: str, job_id: str, folder: Path, previous=()) -> jobs.JobRecord:
+    experiment, run_id = jobs.run_identity(run_dir)
+    rec = jobs.JobRecord(stage=stage, run_id=run_id, experiment=experiment, job_name=jobs.job_name(run_dir, stage),
+                         launcher=launcher, job_id=str(job_id), folder=str(folder), submitted_at=jobs.now(),
+                         previous=list(previous))
+    jobs.write_record(run_dir, rec)
+    return rec
+
+
+def _finish(run_dir: Path, rec: jobs.JobRecord, state: str) -> None:
+    rec.state, rec.finished_at = state, jobs.now()
+    jobs.write_record(run_dir, rec)
+
+
+def _failure_text(exc: BaseException) -> str:
+    """The last line of a job's traceback (the exception itself), for a one-line summary."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if not line.startswith((" ", "\t", "-")) and ":" in line:
+            return line.strip()
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _run_debug(job: StageJob, run_dir: Path, stage: str) -> None:
+    import submitit
+
+    folder = submitit_folder(run_dir, stage)
+    executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    sjob = executor.submit(job)
+    rec = _record(run_dir, stage, "debug", sjob.job_id, folder)
+    # exception() runs the job in this process; result() would open pdb on an error.
+    exc = sjob.exception()
+    if exc is not None:
+        _finish(run_dir, rec, "FAILED")
+        traceback.print_exception(exc)
+        raise LaunchError(f"{job.target} raised {type(exc).__name__}: {exc}")
+    sjob.result()
+    _finish(run_dir, rec, "COMPLETED")
+
+
+def _run_local(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
+    import submitit
+
+    folder = submitit_folder(run_dir, stage)
+    executor = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=cfg.launch.max_requeues)
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, name=jobs.job_name(run_dir, stage))
+    sjob = executor.submit(job)
+    rec = _record(run_dir, stage, "local", sjob.job_id, folder)
+    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}")
+    try:
+        while not sjob.done():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        sjob.cancel(check=False)
+        _finish(run_dir, rec, "CANCELLED")
+        _say(f"interrupted: stopped local job {sjob.job_id} of {stage}; rerun to resume from its last checkpoint")
+        raise
+    try:
+        sjob.result()
+    except Exception as exc:  # submitit wraps the job's traceback in FailedJobError / UncompletedJobError
+        _finish(run_dir, rec, "FAILED")
+        raise LaunchError(f"local job {sjob.job_id}: {_failure_text(exc)} (full traceback in {job.log})") from None
+    _finish(run_dir, rec, "COMPLETED")
+
+
+def _run_slurm(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
+    import submitit
+
+    settings = slurm.settings_for(cfg.launch.slurm, stage)
+    name = jobs.job_name(run_dir, stage)
+    rec = jobs.read_record(run_dir, stage)
+    previous: list[str] = []
+    if rec is not None and rec.launcher == "slurm":
+        state = slurm.job_state(rec.job_id)
+        if state in slurm.LIVE_STATES:
+            _say(f"reattaching to SLURM job {rec.job_id} ('{rec.job_name}', {state}) instead of submitting a "
+                 f"duplicate; output: {job.log}")
+            _wait_and_check(run_dir, rec, job, settings)
+            return
+        previous = rec.previous + [rec.job_id]
+    folder = submitit_folder(run_dir, stage)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.launch.max_requeues)
+    executor.update_parameters(**slurm.executor_parameters(settings, name))
+    try:
+        sjob = executor.submit(job)
+    except Exception as exc:  # sbatch refused (bad partition, GRES, account, ...): say what it said
+        raise LaunchError(f"sbatch refused the job ({slurm.describe(settings)}): {_failure_text(exc)}") from None
+    rec = _record(run_dir, stage, "slurm", sjob.job_id, folder, previous)
+    _say(f"submitted SLURM job {sjob.job_id} '{name}' ({slurm.describe(settings)}); output: {job.log}")
+    _wait_and_check(run_dir, rec, job, settings)
+
+
+def _wait_and_check(run_dir: Path, rec: jobs.JobRecord, job: StageJob, settings) -> None:
+    import submitit
+
+    state = _wait_slurm(run_dir, rec)
+    _finish(run_dir, rec, state)
+    sjob = submitit.SlurmJob(folder=rec.folder, job_id=rec.job_id)
+    if state == "COMPLETED":
+        deadline = time.monotonic() + 30  # the result file may trail the state on a network filesystem
+        while not sjob.paths.result_pickle.exists() and time.monotonic() < deadline:
+            time.sleep(1)
+    if sjob.paths.result_pickle.exists():
+        try:
+            sjob.result()
+        except Exception as exc:
+            raise LaunchError(f"SLURM job {rec.job_id} ended {state}: {_failure_text(exc)} "
+                              f"(full traceback in {job.log})") from None
+        if state == "COMPLETED":
+            _say(f"SLURM job {rec.job_id} COMPLETED")
+            return
+    detail = slurm.job_reason(rec.job_id)
+    hint = "its checkpoints are kept: rerun to resume"
+    if state == "CANCELLED":
+        raise LaunchError(f"SLURM job {rec.job_id} ('{rec.job_name}') was cancelled (scancel or an administrator; "
+                          f"{detail}); {hint}")
+    if state == "TIMEOUT":
+        raise LaunchError(f"SLURM job {rec.job_id} hit its time limit of {settings.time_min} min without being "
+                          f"requeued ({detail}); raise launch.slurm.time_min or launch.slurm.signal_delay_s; {hint}")
+    raise LaunchError(f"SLURM job {rec.job_id} ended {state} ({detail}) without a result; see {job.log}; {hint}")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while waiting (snakemake stopping its jobs) is handled like Ctrl-C."""
+
+
+def _wait_slurm(run_dir: Path, rec: jobs.JobRecord) -> str:
+    """Poll until the job reaches a terminal state; returns it."""
+    last, unknown_since = None, None
+    previous_term = None
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum, frame):
+            raise _Terminated()
+
+        previous_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while True:
+            try:
+                state = slurm.job_state(rec.job_id)
+            except slurm.SlurmError as exc:
+                _say(f"could not query SLURM job {rec.job_id} ({exc}); retrying")
+                state = slurm.UNKNOWN
+            if state != last:
+                _say(f"SLURM job {rec.job_id}: {state}")
+                last = state
+                if state != slurm.UNKNOWN:
+                    rec.state = state
+                    jobs.write_record(run_dir, rec)
+            if state in slurm.TERMINAL_STATES:
+                return state
+            if state == slurm.UNKNOWN:
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > UNKNOWN_GRACE_S:
+                    raise LaunchError(f"neither sacct nor squeue knows SLURM job {rec.job_id} after "
+                                      f"{UNKNOWN_GRACE_S:.0f}s; is accounting (slurmdbd) running?")
+            else:
+                unknown_since = None
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        _live_job_message(rec)
+        raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _live_job_message(rec: jobs.JobRecord) -> None:
+    try:
+        state = slurm.job_state(rec.job_id)
+    except slurm.SlurmError:
+        state = slurm.UNKNOWN
+    if state in slurm.TERMINAL_STATES:
+        text = f"interrupted; SLURM job {rec.job_id} ('{rec.job_name}') already ended ({state})."
+    else:
+        text = (f"interrupted; SLURM job {rec.job_id} ('{rec.job_name}') is still live ({state}) and keeps running.\n"
+                f"  rerun the same command (or snakemake) to reattach to it without a duplicate;\n"
+                f"  cancel it with: scancel {rec.job_id}\n"
+                f"  or every live job of the experiment: metapretrain cancel <experiment.yaml>")
+    _say(text)
+    # Under snakemake stderr is the rule's log: also tell the person at the terminal, if there is one.
+    if not sys.stderr.isatty():
+        try:
+            with open("/dev/tty", "w") as tty:
+                tty.write(f"[launch] {text}\n")
+        except OSError:
+            pass
