@@ -22,7 +22,6 @@ from pathlib import Path
 
 from metapretrain import paths
 from metapretrain.launch import jobs, slurm
-from metapretrain.launch.job import StageJob
 
 # How often the submitting process asks SLURM about its job; a few sacct calls a minute are harmless.
 POLL_S = float(os.environ.get("METAPRETRAIN_SLURM_POLL_S", "5"))
@@ -48,6 +47,8 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
     uses `stages.finetune`). `target` must be resumable: a requeued or rerun job
     calls it again and it continues from its last checkpoint.
     """
+    from metapretrain.launch.job import StageJob  # submitit: imported only when a stage really launches
+
     run_dir = Path(run_dir).resolve()
     _check_target(target)
     log = paths.log_file(run_dir, stage)
@@ -110,7 +111,7 @@ def _failure_text(exc: BaseException) -> str:
     return lines[-1].strip() if lines else type(exc).__name__
 
 
-def _run_debug(job: StageJob, run_dir: Path, stage: str) -> None:
+def _run_debug(job, run_dir: Path, stage: str) -> None:
     import submitit
 
     folder = submitit_folder(run_dir, stage)
@@ -127,7 +128,7 @@ def _run_debug(job: StageJob, run_dir: Path, stage: str) -> None:
     _finish(run_dir, rec, "COMPLETED")
 
 
-def _run_local(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
+def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
     import submitit
 
     folder = submitit_folder(run_dir, stage)
@@ -152,7 +153,7 @@ def _run_local(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
     _finish(run_dir, rec, "COMPLETED")
 
 
-def _run_slurm(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
+def _run_slurm(job, run_dir: Path, stage: str, cfg) -> None:
     import submitit
 
     settings = slurm.settings_for(cfg.launch.slurm, stage)
@@ -179,7 +180,7 @@ def _run_slurm(job: StageJob, run_dir: Path, stage: str, cfg) -> None:
     _wait_and_check(run_dir, rec, job, settings)
 
 
-def _wait_and_check(run_dir: Path, rec: jobs.JobRecord, job: StageJob, settings) -> None:
+def _wait_and_check(run_dir: Path, rec: jobs.JobRecord, job, settings) -> None:
     import submitit
 
     state = _wait_slurm(run_dir, rec)
