@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,4 +125,17 @@ def validate(cfg: dict, schema: dict, *, file: str | None = None, lines=None, pr
         raise ConfigError(f"missing required key: {err.message}", file=file, key=dotted(full) or None, line=line)
     expected = _describe_expected(err.schema) if err.validator in (
         "type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "const", "pattern") else err.message
-    raise ConfigError(f"got {err.instance!r}; expected {expected}", file=file, key=dotted(full) or None, line=line)
+    hint = ""
+    if isinstance(err.instance, str) and _YAML11_EXPONENT.match(err.instance.strip()):
+        # PyYAML follows YAML 1.1: `1e12` and `1.0e12` are strings, `1.0e+12` is a float.
+        hint = f" (YAML reads {err.instance!r} as text: write the exponent with a sign, e.g. {_signed(err.instance)})"
+    raise ConfigError(f"got {err.instance!r}; expected {expected}{hint}", file=file, key=dotted(full) or None,
+                      line=line)
+
+
+_YAML11_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE]\d+$")
+
+
+def _signed(text: str) -> str:
+    mant, _, exp = text.strip().lower().partition("e")
+    return f"{mant if '.' in mant else mant + '.0'}e+{exp}"
