@@ -217,6 +217,7 @@ class FinetuneSection(_Section):
     epochs: int
     batch_size: int
     patience: int | None
+    extra_train: dict[str, str]
     max_train_sentences: int | None
     max_eval_sentences: int | None
     device: str

@@ -1,0 +1,237 @@
+"""The finetune stage: one pretrained run × one train set × one regime, evaluated on every UNER test set.
+
+    metapretrain finetune --run-dir RUN --train-set NAME --regime head|full
+
+Writes `RUN/finetune/<train_set>~<regime>/`: `results.csv` (tidy rows, see
+docs/architecture.md), `history.csv` (epoch, train loss, dev micro-F1) and
+`done.json` last. `NAME` is a treebank directory with a train split, or `all`
+(the union of every train split present, with the union of their dev splits
+for early stopping). Test sets are discovered in `finetune.data_dir`, so a
+test-only treebank dropped there is evaluated with no config change.
+Evaluation subsets (`finetune.max_eval_sentences`) are drawn with a fixed seed,
+so every run is scored on the same sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+from metapretrain import paths
+
+RESULT_COLUMNS = ["pretrain_run", "method_axes", "train_set", "regime", "eval_set", "eval_split", "eval_kind",
+                  "metric", "value"]
+EVAL_SAMPLE_SEED = 0
+STATE_FILE = "train_state.pt"
+
+
+def _sample(items: list, cap: int | None, seed: int) -> list:
+    if cap is None or len(items) <= cap:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), cap))
+    return [items[i] for i in keep]
+
+
+def _run_identity(run_dir: Path) -> tuple[str, dict]:
+    f = run_dir / "run.json"
+    if f.is_file():
+        info = json.loads(f.read_text(encoding="utf-8"))
+        return str(info.get("run_id", run_dir.name)), dict(info.get("axes", {}))
+    return run_dir.name, {}
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("finetune.device is 'cuda' but no CUDA device is visible")
+    return name
+
+
+def eval_kind(eval_set: str, splits: dict, trained_on: set[str]) -> str:
+    if set(splits) == {"test"}:
+        return "test_only"
+    return "in_language" if eval_set in trained_on else "cross_lingual"
+
+
+def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
+    """Fine-tune and evaluate; returns the output directory. Returns at once when it is already done."""
+    import torch
+
+    from metapretrain.config import load_run_config
+    from metapretrain.data.paths import resolve, resolve_data_root
+    from metapretrain.data.tokenizer import load_tokenizer
+    from metapretrain.data.uner import discover, read_file
+    from metapretrain.finetune.data import WordEncoder, encode, label_names
+    from metapretrain.finetune.evaluate import score
+    from metapretrain.finetune.model import TokenClassifier
+    from metapretrain.finetune.train import FeatureSource, fit, predict
+    from metapretrain.io import atomic_write_text, write_done
+    from metapretrain.progress import Progress
+    from metapretrain.train.checkpoint import final_checkpoint, load_model
+
+    run_dir_p = Path(run_dir)
+    out = paths.finetune_dir(run_dir_p, train_set, regime)
+    if (out / "done.json").is_file():
+        print(f"finetune {train_set}~{regime}: already done ({out / 'done.json'})", flush=True)
+        return str(out)
+    if regime not in ("head", "full"):
+        raise ValueError(f"regime must be 'head' or 'full', got {regime!r}")
+    cfg = load_run_config(paths.resolved_config(run_dir_p))
+    ft = cfg.finetune
+    run_id, axes = _run_identity(run_dir_p)
+
+    root = resolve_data_root(cfg)
+    uner_dir = resolve(ft.data_dir, root)
+    # `finetune.extra_train` ({treebank: file}, e.g. the unofficial English-EWT train stand-in) is the only
+    # way such a file is used; configs from before the key existed have none.
+    extra = {tb: resolve(p, root) for tb, p in (getattr(ft, "extra_train", None) or {}).items()}
+    treebanks = discover(uner_dir, extra_train=extra)
+    with_train = [tb for tb, s in treebanks.items() if "train" in s]
+    if train_set == "all":
+        sources = with_train
+    elif train_set in with_train:
+        sources = [train_set]
+    else:
+        raise ValueError(f"train set {train_set!r} has no train split in {uner_dir}; "
+                         f"available: {', '.join(with_train) or 'none'} or 'all'")
+    if not sources:
+        raise ValueError(f"{uner_dir}: no treebank has a train split")
+
+    data_report: dict[str, dict] = {}
+
+    def read(tb: str, split: str):
+        sents, rep = read_file(treebanks[tb][split], ft.labels, ft.invalid_transition)
+        data_report[f"{tb}/{split}"] = {"sentences": rep.sentences, "repairs": len(rep.repairs),
+                                        "mapped_to_O": dict(rep.mapped_to_o)}
+        return sents
+
+    train_sents = _sample([s for tb in sources for s in read(tb, "train")], ft.max_train_sentences, cfg.seed)
+    dev_sents = _sample([s for tb in sources if "dev" in treebanks[tb] for s in read(tb, "dev")],
+                        ft.max_eval_sentences, EVAL_SAMPLE_SEED)
+    tests = {tb: _sample(read(tb, "test"), ft.max_eval_sentences, EVAL_SAMPLE_SEED)
+             for tb, s in treebanks.items() if "test" in s}
+    repairs = sum(r["repairs"] for r in data_report.values())
+    print(f"finetune {train_set}~{regime}: {len(train_sents)} train, {len(dev_sents)} dev sentences, "
+          f"{len(tests)} test sets; {repairs} invalid I- tags repaired ({ft.invalid_transition})", flush=True)
+
+    device = _device(ft.device)
+    ckpt = final_checkpoint(run_dir_p)
+    backbone, _ = load_model(ckpt.path, device=device)
+    tokenizer = load_tokenizer(paths.pretrain_dir(run_dir_p) / "tokenizer.json")
+    names = label_names(ft.labels)
+    label2id = {n: i for i, n in enumerate(names)}
+    torch.manual_seed(cfg.seed)
+    clf = TokenClassifier(backbone, len(names), ft.head_type).to(device)
+    encoder = WordEncoder(tokenizer)
+    max_len = min(ft.max_length, backbone.cfg.max_seq_len)
+
+    def source(sents):
+        return FeatureSource(clf, encode(sents, encoder, label2id, max_len), pad_id=encoder.eos, device=device,
+                             batch_size=ft.batch_size, cache=regime == "head")
+
+    train_src = source(train_sents)
+    dev_src = source(dev_sents) if dev_sents else None
+    n_batches = (sum(1 for x in train_src.items if x.starts) + ft.batch_size - 1) // ft.batch_size
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(f"finetune {train_set}~{regime}", total=ft.epochs * n_batches, unit="batches") as bar:
+        result = fit(clf, train_src, dev_src, names, regime=regime, epochs=ft.epochs, batch_size=ft.batch_size,
+                     lr=ft.lr, head_lr=ft.head_lr, weight_decay=ft.weight_decay, patience=ft.patience,
+                     seed=cfg.seed, state_path=out / STATE_FILE, progress=bar)
+
+    trained_on = set(sources)
+    method_axes = json.dumps(axes, sort_keys=True)
+    rows = []
+    evals = ([(train_set, "dev", "in_language", dev_src)] if dev_src is not None else [])
+    evals += [(tb, "test", eval_kind(tb, treebanks[tb], trained_on), None) for tb in tests]
+    for eval_set, split, kind, src in evals:
+        src = src or source(tests[eval_set])
+        metrics = score([list(x.gold) for x in src.items], predict(clf, src, names, ft.batch_size), ft.labels)
+        for metric, value in metrics.items():
+            rows.append([run_id, method_axes, train_set, regime, eval_set, split, kind, metric, value])
+        if split == "test":
+            print(f"  {eval_set:<22} {kind:<13} micro-F1 {metrics['micro_f1']:.4f}", flush=True)
+
+    atomic_write_text(out / "results.csv", _csv(RESULT_COLUMNS, rows))
+    hist_rows = [[h["epoch"], h["train_loss"], h.get("dev_micro_f1", "")] for h in result.history]
+    atomic_write_text(out / "history.csv", _csv(["epoch", "train_loss", "dev_micro_f1"], hist_rows))
+    write_done(out, "finetune", run_id, ["results.csv", "history.csv"],
+               extra={"unofficial_train": {tb: str(p) for tb, p in extra.items() if tb in sources},
+                      "train_set": train_set, "regime": regime, "checkpoint_step": ckpt.step,
+                      "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
+                      "head_type": ft.head_type, "data_dir": str(uner_dir), "data": data_report})
+    (out / STATE_FILE).unlink(missing_ok=True)  # only needed to resume an unfinished job
+    _log_wandb(cfg, run_dir_p, run_id, train_set, regime, result.history, rows)
+    return str(out)
+
+
+def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, history: list[dict],
+               rows: list[list]) -> None:
+    """Mirror one fine-tuning job to W&B (its own W&B run, grouped by experiment); never raises."""
+    from metapretrain.train.metrics import stable_run_id, wandb_mode
+
+    mode = wandb_mode(cfg.wandb.mode)
+    if mode == "disabled":
+        return
+    try:
+        import wandb
+
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
+        name = f"{run_id}/finetune/{train_set}~{regime}"
+        out = paths.finetune_dir(run_dir, train_set, regime)
+        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(info.get("experiment"), name),
+                         name=name, group=info.get("experiment"), job_type="finetune", resume="allow", mode=mode,
+                         dir=os.environ.get("WANDB_DIR") or str(out), config={"finetune": cfg.finetune.to_dict(), "pretrain_run": run_id,
+                                               "train_set": train_set, "regime": regime},
+                         reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+        for h in history:
+            run.log({k: v for k, v in h.items() if k != "epoch" and v != ""}, step=h["epoch"])
+        run.summary.update({f"{r[5]}/{r[4]}/{r[7]}": r[8] for r in rows})
+        run.finish()
+    except Exception as exc:  # W&B only mirrors results.csv; a failure must not fail the stage
+        print(f"WARNING: W&B logging failed ({type(exc).__name__}: {exc}); results.csv has everything",
+              file=sys.stderr, flush=True)
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="metapretrain finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True, help="the pretrained run's directory (results/EXP/runs/RUN_ID)")
+    p.add_argument("--train-set", required=True, help="treebank directory name with a train split, or 'all'")
+    p.add_argument("--regime", required=True, choices=["head", "full"])
+    args = p.parse_args(argv)
+    from metapretrain.config import load_run_config
+    from metapretrain.launch.run import run_stage
+
+    run_dir = Path(args.run_dir)
+    if (paths.finetune_dir(run_dir, args.train_set, args.regime) / "done.json").is_file():
+        print(f"finetune {args.train_set}~{args.regime} of {run_dir}: already done")
+        return 0
+    cfg_file = paths.resolved_config(run_dir)
+    if not cfg_file.is_file():
+        print(f"metapretrain finetune: {cfg_file} not found (materialize the run first)", file=sys.stderr)
+        return 2
+    cfg = load_run_config(cfg_file)
+    return run_stage(stage=f"finetune/{args.train_set}~{args.regime}", run_dir=run_dir, cfg=cfg,
+                     target="metapretrain.finetune.stage:finetune_run",
+                     kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""`metapretrain ner-table`: every finished fine-tuning result of an experiment in one CSV and one Markdown table.
+
+    metapretrain ner-table --experiment-dir results/EXP --out results/EXP/ner
+
+Reads `runs/**/finetune/<train_set>~<regime>/results.csv` of every run whose
+`done.json` exists (unfinished ones are listed and skipped) and writes
+`ner/results.csv` (the rows concatenated) and `ner/table.md`: test micro-F1
+per pretrain run × regime × train set, one column per test set, then the
+averages over in-language, cross-lingual and test-only sets (the paper's
+summary groups).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from metapretrain.finetune.stage import RESULT_COLUMNS
+from metapretrain.io import atomic_write_text
+
+KINDS = ("in_language", "cross_lingual", "test_only")
+
+
+def collect(experiment_dir: str | Path) -> tuple[list[dict], list[Path]]:
+    """(rows of every finished results.csv, result directories without done.json)."""
+    rows, pending = [], []
+    for f in sorted(Path(experiment_dir).glob("runs/**/finetune/*/results.csv")):
+        if not (f.parent / "done.json").is_file():
+            pending.append(f.parent)
+            continue
+        with open(f, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != RESULT_COLUMNS:
+                raise ValueError(f"{f}: columns {reader.fieldnames} != expected {RESULT_COLUMNS}")
+            rows.extend(reader)
+    return rows, pending
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """Test micro-F1 (×100) per (pretrain run, regime, train set) and eval set, with group means."""
+    f1: dict[tuple, dict[str, float]] = defaultdict(dict)
+    kind_of: dict[tuple, dict[str, str]] = defaultdict(dict)
+    eval_sets: set[str] = set()
+    for r in rows:
+        if r["eval_split"] == "test" and r["metric"] == "micro_f1":
+            key = (r["pretrain_run"], r["regime"], r["train_set"])
+            f1[key][r["eval_set"]] = float(r["value"])
+            kind_of[key][r["eval_set"]] = r["eval_kind"]
+            eval_sets.add(r["eval_set"])
+    sets = sorted(eval_sets)
+    head = ["pretrain run", "regime", "train set", *sets, *[f"mean {k.replace('_', '-')}" for k in KINDS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(sets) + len(KINDS))]
+    for key in sorted(f1):
+        means = []
+        for kind in KINDS:
+            vals = [v for s, v in f1[key].items() if kind_of[key][s] == kind]
+            means.append(sum(vals) / len(vals) if vals else None)
+        cells = [*key, *[_fmt(f1[key].get(s)) for s in sets], *map(_fmt, means)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not f1:
+        lines.append("| (no finished fine-tuning results) |" + " |" * (len(head) - 1))
+    return "\n".join(["Test micro-F1 (entity level, strict IOB2, ×100).", "", *lines]) + "\n"
+
+
+def write_table(experiment_dir: str | Path, out: str | Path) -> tuple[Path, Path, list[Path]]:
+    rows, pending = collect(experiment_dir)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    out = Path(out)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "table.md", markdown(rows))
+    return out / "results.csv", out / "table.md", pending
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="metapretrain ner-table", description=__doc__.splitlines()[0])
+    p.add_argument("--experiment-dir", required=True, help="results/<experiment>")
+    p.add_argument("--out", required=True, help="output directory (results/<experiment>/ner)")
+    args = p.parse_args(argv)
+    if not Path(args.experiment_dir).is_dir():
+        print(f"metapretrain ner-table: {args.experiment_dir}: no such directory", file=sys.stderr)
+        return 2
+    csv_path, md_path, pending = write_table(args.experiment_dir, args.out)
+    for d in pending:
+        print(f"skipped unfinished {d} (no done.json)", file=sys.stderr)
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
