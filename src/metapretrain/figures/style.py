@@ -1,0 +1,136 @@
+"""One look for every figure: seaborn paper theme, Okabe–Ito colours, labelled units."""
+
+from __future__ import annotations
+
+import math
+
+# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+VANILLA_COLOR = "#000000"
+DEPTH_CMAP = "viridis"  # line colour = layer depth (perceptually uniform, colour-blind safe)
+SEQ_CMAP = "viridis"  # F1 heatmaps
+DIV_CMAP = "vlag"  # ΔF1: blue = meta worse, red = meta better, white = 0
+
+AXIS_LABELS = {
+    "step": "optimizer steps",
+    "tokens": "training tokens",
+    "flops": "training FLOPs (fwd + bwd)",
+    "wall": "wall time (h)",
+}
+COORD_TITLES = {"step": "steps", "tokens": "tokens", "flops": "FLOPs", "wall": "wall time"}
+LOSS_LABEL = "cross-entropy (nats / token)"
+
+_applied = False
+
+
+def apply() -> None:
+    """Select the Agg backend and set the theme once per process."""
+    global _applied
+    if _applied:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", palette=OKABE_ITO, font_scale=1.0)
+    matplotlib.rcParams.update({
+        "figure.dpi": 100,
+        "savefig.dpi": 150,
+        "savefig.bbox": "tight",
+        "axes.titlesize": 9,
+        "axes.labelsize": 8,
+        "xtick.labelsize": 7,
+        "ytick.labelsize": 7,
+        "legend.fontsize": 7,
+        "legend.title_fontsize": 7,
+        "figure.titlesize": 10,
+        "lines.linewidth": 1.3,
+        "axes.formatter.limits": (-3, 4),  # scientific notation beyond 1e4 (tokens, FLOPs)
+        "axes.formatter.use_mathtext": False,  # mathtext tick labels cost ~1/3 of the rendering time
+        "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by publishers
+    })
+    _applied = True
+
+
+def method_colors(methods: list[str]) -> dict[str, str]:
+    """Vanilla in black, each other method a fixed Okabe–Ito colour in the given order."""
+    out, i = {}, 0
+    for m in methods:
+        if m.startswith("vanilla"):
+            out[m] = VANILLA_COLOR
+        else:
+            out[m] = OKABE_ITO[i % len(OKABE_ITO)]
+            i += 1
+    return out
+
+
+def depth_colors(layers: list[int]) -> dict[int, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[DEPTH_CMAP]
+    n = max(len(layers) - 1, 1)
+    return {layer: cmap(0.9 * i / n) for i, layer in enumerate(sorted(layers))}  # 0.9: skip the pale yellow end
+
+
+def depth_colorbar(fig, axes, colors: dict[int, tuple]) -> None:
+    """A discrete colour bar with one swatch per layer, matching `depth_colors`."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    layers = sorted(colors)
+    bounds = [layers[0] - 0.5] + [(a + b) / 2 for a, b in zip(layers, layers[1:], strict=False)] + [layers[-1] + 0.5]
+    sm = ScalarMappable(norm=BoundaryNorm(bounds, len(layers)), cmap=ListedColormap([colors[x] for x in layers]))
+    step = max(1, len(layers) // 12)
+    fig.colorbar(sm, ax=axes, fraction=0.025, pad=0.02, label="layer (0 = first)", ticks=layers[::step])
+
+
+def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def subplots(n: int, *, max_cols: int = 4, w: float = 3.0, h: float = 2.4, sharey: bool = False):
+    """A figure with `n` panels in a grid; returns (fig, flat list of the n used axes)."""
+    import matplotlib.pyplot as plt
+
+    rows, cols = grid_shape(n, max_cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, sharey=sharey)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def coord_values(df, coord: str):
+    """A metrics column in plotting units (wall seconds -> hours)."""
+    return df[coord] / 3600.0 if coord == "wall" else df[coord]
+
+
+def fmt_number(x, digits: int = 3) -> str:
+    """Sensible precision for tables: 3 significant digits, scientific beyond 1e5."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}" if abs(x) < 10**7 else f"{x:.{digits - 1}e}"
+    ax = abs(x)
+    if ax != 0 and (ax >= 1e5 or ax < 1e-3):
+        return f"{x:.{digits - 1}e}"
+    if ax >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}" if ax >= 1 else f"{x:.{digits}f}"
+
+
+def figure_legend(fig, axes, title: str | None = None, ncol: int = 4) -> None:
+    """One legend above the panels, with each label once (taken from every axis)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), ncol), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0), title=title)
