@@ -160,6 +160,7 @@ class HeadSection(_Section):
     layers: int
     width: int
     dropout: float
+    output_init: str
 
 
 @dataclass(frozen=True)

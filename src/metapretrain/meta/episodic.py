@@ -1,0 +1,103 @@
+"""What every SMLMT meta-learner shares: the episode builder, the head, features, the inner loop, metrics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from metapretrain.meta import flops
+from metapretrain.meta.head import EpisodeHead
+from metapretrain.meta.registry import episode_builder
+from metapretrain.train.steps import StepContext, StepKind
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+class EpisodicLearner(StepKind):
+    """Base of the learners that adapt on SMLMT episodes through the episode head."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        super().__init__(ctx)
+        meta = ctx.cfg.meta
+        self.meta = meta
+        if ctx.shard is None:
+            raise ValueError(f"meta.learner={meta.learner} samples episodes from the training shard, but none was given")
+        if "mask" not in ctx.special_tokens:
+            raise ValueError(f"meta.learner={meta.learner} needs the tokenizer's [MASK] id in StepContext.special_tokens")
+        builder_cls = episode_builder(meta.episode.builder)
+        self.builder = builder_cls(ctx.shard, meta.episode, ctx.special_tokens["mask"],
+                                   ctx.special_tokens.get("eos"), ctx.tokenizer_path)
+        self.backbone = ctx.raw_model
+        output_init = meta.head.output_init
+        self.head = EpisodeHead(self.backbone.cfg.d_model, meta.episode.n_way, meta.head.layers,
+                                meta.head.width, meta.head.dropout, output_init).to(ctx.device)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.head.parameters())
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"episode_head": self.head}
+
+    # -- pieces -------------------------------------------------------------
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden state at the masked (last) position, fp32 [B, d]."""
+        with self.ctx.autocast():
+            h = self.backbone.hidden(x.to(self.ctx.device, non_blocking=True))
+        return h[:, -1].float()
+
+    def head_params(self) -> dict[str, torch.Tensor]:
+        return dict(self.head.named_parameters())
+
+    def inner_loop(self, feats: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+                   feature_grad: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """First-order SGD on the head from its stored weights; returns detached fast weights.
+
+        When `feature_grad` is given (a zero tensor like `feats`), each inner
+        step's d(support loss)/d(features) is added into it, for callers that
+        pass support-loss gradients on to the backbone.
+        """
+        fast = {n: p.detach() for n, p in self.head.named_parameters()}
+        norms = []
+        for _ in range(self.meta.inner.steps):
+            leaves = {n: w.detach().requires_grad_() for n, w in fast.items()}
+            x = feats.detach().requires_grad_() if feature_grad is not None else feats.detach()
+            loss = F.cross_entropy(self.head(x, leaves, gen), labels)
+            wrt = [*leaves.values(), x] if feature_grad is not None else list(leaves.values())
+            grads = torch.autograd.grad(loss, wrt)
+            if feature_grad is not None:
+                feature_grad += grads[-1]
+                grads = grads[:-1]
+            norms.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+            fast = {n: (w - self.meta.inner.lr * g).detach() for (n, w), g in zip(leaves.items(), grads, strict=True)}
+        return fast, {"meta/inner_grad_norm": float(torch.stack(norms).mean())}
+
+    @torch.no_grad()
+    def support_metrics(self, feats: torch.Tensor, labels: torch.Tensor,
+                        before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Support loss/accuracy at the initial and adapted head, without dropout."""
+        was = self.head.training
+        self.head.eval()
+        out = {}
+        for tag, params in (("before", before), ("after", after)):
+            logits = self.head(feats.detach(), params)
+            out[f"meta/support_loss_{tag}"] = float(F.cross_entropy(logits, labels))
+            out[f"meta/support_acc_{tag}"] = accuracy(logits, labels)
+        self.head.train(was)
+        return out
+
+    # -- accounting ---------------------------------------------------------
+
+    def episode_flops(self, n_support: int, n_query: int, *, support_backward: bool, query_backward: bool,
+                      head_inner: float, head_extra: float) -> float:
+        """Backbone passes over support/query windows plus `head_inner`/`head_extra` head forward-equivalents.
+
+        `head_inner` and `head_extra` are in units of one head forward on one example.
+        """
+        W = self.meta.episode.window
+        per_token = flops.backbone_forward(self.backbone.cfg, W)
+        support = n_support * W * per_token * (3.0 if support_backward else 1.0)
+        query = n_query * W * per_token * (3.0 if query_backward else 1.0)
+        return support + query + (head_inner + head_extra) * flops.head_forward(self.head)
