@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from metapretrain.model.config import ModelConfig
 
@@ -117,6 +118,8 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied from embed
+        # Recompute each block's activations in backward instead of storing them (train.activation_checkpointing).
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -135,8 +138,9 @@ class Decoder(nn.Module):
         if input_ids.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds model.max_seq_len={self.cfg.max_seq_len}")
         x = self.embed(input_ids)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
         return self.norm(x)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

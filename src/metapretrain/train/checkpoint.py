@@ -12,12 +12,17 @@ Layout of `pretrain/checkpoints/step_%08d/` (docs/architecture.md):
 
 A checkpoint directory is first written under a temporary name and renamed
 into place, so a kill during a write never leaves a directory that looks
-complete; the manifest's checksums catch later damage (truncation, bit flips).
+complete (the next save removes such leftovers); the manifest's checksums catch
+later damage (truncation, bit flips). A failed write (disk full, I/O error)
+raises CheckpointError naming the directory and leaves older checkpoints as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -36,7 +41,10 @@ MODEL_FILE = "model.safetensors"
 MODULES_FILE = "modules.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.resolved.yaml"
+TOKENIZER_FILE = "tokenizer.json"  # RUN/pretrain/tokenizer.json, next to checkpoints/
 _NAME = re.compile(r"^step_(\d{8})$")
+_FULL_BYTES = 1 << 20  # less free space than this after a failed write: report the disk as full
+_DEBRIS = re.compile(r"^\.step_\d{8}\.(.+\.tmp|old\.\d+)$")
 
 
 class CheckpointError(RuntimeError):
@@ -65,9 +73,13 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
     from safetensors.torch import save_file
 
     root = paths.checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / paths.checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_debris(run_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    except OSError as exc:
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({_describe(exc, root)})") from exc
     try:
         save_file(_contiguous(model.state_dict()), str(tmp / MODEL_FILE))
         if modules:
@@ -79,15 +91,49 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
         for p in tmp.iterdir():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-        write_json(tmp / MANIFEST, {"step": step, "tokens": int(tokens), "flops": float(flops), "files": files})
+        body = {"step": step, "tokens": int(tokens), "flops": float(flops), "files": files}
+        tokenizer = paths.pretrain_dir(run_dir) / TOKENIZER_FILE
+        if tokenizer.is_file():  # lets every later reader refuse the checkpoint with another tokenizer
+            body["tokenizer_sha256"] = sha256_file(tokenizer)
+        write_json(tmp / MANIFEST, body | {"sha256": _manifest_digest(body)})
         if final.exists():  # a checkpoint of the same step from a run that was killed after writing it
             _discard(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except Exception as exc:  # disk full, I/O error, quota: say where, keep the older checkpoints as they are
+        reason = _describe(exc, root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({reason}); the previous checkpoints "
+                              f"are intact and a rerun resumes from the newest of them") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CheckpointInfo(step, int(tokens), float(flops), final)
+
+
+def _describe(exc: BaseException, where: Path) -> str:
+    # torch.save reports a full disk as "unexpected pos ..." and safetensors in its own words, so the
+    # free space is measured (before the partial files are removed) to name the cause plainly.
+    text = f"{type(exc).__name__}: {exc}"
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(where).free
+    if (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text
+            or "StorageFull" in text or (free is not None and free < _FULL_BYTES)):
+        return f"disk full, {free if free is not None else '?'} bytes free: {text}"
+    return text
+
+
+def remove_debris(run_dir: str | Path) -> list[Path]:
+    """Delete what killed attempts left under checkpoints/: temporary (`.step_*.tmp`) and discarded
+    (`.step_*.old.*`) directories, never taken for checkpoints. Only the run's single writer calls this."""
+    root = paths.checkpoints_dir(run_dir)
+    gone = []
+    for p in root.iterdir() if root.is_dir() else []:
+        if _DEBRIS.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
 
 
 def _contiguous(sd: dict) -> dict:
@@ -117,10 +163,23 @@ def read_manifest(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST})") from None
     except ValueError as exc:
         raise CheckpointError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path / MANIFEST}: not a JSON object")
     for key in ("step", "tokens", "flops", "files"):
         if key not in manifest:
             raise CheckpointError(f"{path / MANIFEST}: missing key {key!r}")
+    # The manifest checks itself too, so a flipped digit in step/tokens/flops cannot pass unnoticed.
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    if "sha256" in manifest and manifest["sha256"] != _manifest_digest(body):
+        raise CheckpointError(f"{path / MANIFEST}: checksum mismatch (manifest corrupted)")
+    named = _NAME.match(path.name)
+    if named and int(named.group(1)) != manifest["step"]:
+        raise CheckpointError(f"{path / MANIFEST}: step {manifest['step']!r} does not match the directory name")
     return manifest
+
+
+def _manifest_digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def verify_checkpoint(path: str | Path) -> dict:
@@ -228,12 +287,55 @@ def load_model(path: str | Path, device: str = "cpu", verify: bool = True):
         verify_checkpoint(path)
     cfg = load_config(path)
     weights = load_tensors(path)
+    check_tokenizer(path, weights)
     model = Decoder(model_config_from_weights(cfg, weights))
+    check_shapes(path / MODEL_FILE, model, weights)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path / MODEL_FILE}: weights do not match the model config "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device), cfg
+
+
+def check_tokenizer(path: str | Path, weights: dict | None = None, tokenizer: str | Path | None = None) -> None:
+    """Refuse a checkpoint whose run tokenizer (default RUN/pretrain/tokenizer.json) is not the one it was
+    trained with: another sha256 than the manifest records, or ids beyond the embedding's rows."""
+    path = Path(path)
+    tokenizer = Path(tokenizer) if tokenizer else path.resolve().parents[1] / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        return
+    recorded = read_manifest(path).get("tokenizer_sha256")
+    if recorded is not None and sha256_file(tokenizer) != recorded:
+        raise CheckpointError(f"{tokenizer}: not the tokenizer checkpoint {path} was trained with "
+                              f"(its sha256 differs from the one in {path / MANIFEST})")
+    if weights is not None and "embed.weight" in weights:
+        rows, ids = int(weights["embed.weight"].shape[0]), _tokenizer_size(tokenizer)
+        if ids > rows:
+            raise CheckpointError(f"{tokenizer}: {ids} token ids, but the embedding in {path / MODEL_FILE} has "
+                                  f"{rows} rows; not the tokenizer this checkpoint was trained with")
+
+
+def _tokenizer_size(tokenizer: Path) -> int:
+    """1 + the largest token id of a Hugging Face tokenizer.json (vocabulary and added tokens)."""
+    try:
+        spec = read_json(tokenizer)
+        vocab = spec["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [t["id"] for t in spec.get("added_tokens") or []]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{tokenizer}: not a readable tokenizer.json ({type(exc).__name__}: {exc})") from None
+    return max(ids) + 1 if ids else 0
+
+
+def check_shapes(weights_file: Path, model, weights: dict) -> None:
+    """Raise CheckpointError naming the file and the tensors whose shapes differ from `model`'s."""
+    expected = model.state_dict()
+    wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+             for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{weights_file}: weights do not fit the model config ({'; '.join(wrong[:3])}"
+                              f"{'; ...' if len(wrong) > 3 else ''}); was model.* or the tokenizer changed "
+                              f"after this checkpoint was written?")
 
 
 def final_checkpoint(run_dir: str | Path) -> CheckpointInfo:

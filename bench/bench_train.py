@@ -1,0 +1,161 @@
+"""Training throughput of our Decoder vs transformers' LlamaForCausalLM, side by side (JSON on stdout).
+
+One training step = forward + cross-entropy + backward + AdamW, same config,
+same weights, same batch, same precision (fp32 on CPU, bf16 autocast on
+CUDA), timed in alternating rounds so machine noise hits both equally.
+MFU = (our FLOP accounting per token × tokens/s) / peak, the peak measured
+with a large matmul in the same precision. `ratio` = ours ÷ transformers
+eager, the smaller over the presets run.
+
+    python bench/bench_train.py [--device auto|cpu|cuda] [--steps N] [--presets micro,mini] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from metapretrain.model import PRESETS, ModelConfig
+from metapretrain.model.decoder import Decoder
+
+# (batch, seq_len) per preset: the CPU presets at the demo's shapes, the paper presets at their context.
+SHAPES = {"micro": (8, 128), "mini": (8, 256), "tiny": (8, 2048), "small": (8, 2048), "medium": (4, 2048),
+          "large": (2, 2048)}
+
+
+def model_config(preset: str) -> ModelConfig:
+    values = dict(PRESETS[preset])
+    values["vocab_size"] = values["vocab_size"] or 8192  # the demo tokenizer's size
+    return ModelConfig(**values)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 50 if device.type == "cuda" else 8
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One model's training step; `logits(x)` hides the API difference."""
+
+    def __init__(self, name, model, logits, device, autocast, fused):
+        self.name, self.model, self.logits, self.device, self.autocast = name, model, logits, device, autocast
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+
+    def step(self, batch: torch.Tensor) -> float:
+        with self.autocast():
+            logits = self.logits(batch[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+
+def bench_preset(preset: str, device: torch.device, steps: int, compile_too: bool, peak: float) -> dict:
+    from metapretrain.model.hf import to_llama
+
+    cfg = model_config(preset)
+    B, T = SHAPES[preset]
+    T = min(T, cfg.max_seq_len)
+    torch.manual_seed(0)
+    ours = Decoder(cfg)
+    hf = to_llama(ours)  # identical weights
+    hf.config._attn_implementation = "sdpa"
+    hf.config.use_cache = False
+    ours.to(device).train()
+    hf.to(device).train()
+    cuda = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    runners = [Runner("ours", ours, ours, device, autocast, cuda),
+               Runner("hf", hf, lambda x: hf(input_ids=x, use_cache=False).logits, device, autocast, cuda)]
+    if compile_too:
+        c_ours, c_hf = torch.compile(ours), torch.compile(hf)
+        runners += [Runner("ours_compiled", ours, c_ours, device, autocast, cuda),
+                    Runner("hf_compiled", hf, lambda x: c_hf(input_ids=x, use_cache=False).logits, device,
+                           autocast, cuda)]
+    gen = torch.Generator().manual_seed(1)
+    batch = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    out: dict = {"batch": B, "seq_len": T, "params": ours.num_parameters()}
+    compile_s = {}
+    for r in runners:  # warm-up (and compilation) outside the timed rounds
+        t0 = time.perf_counter()
+        for _ in range(2):
+            r.step(batch)
+        _sync(device)
+        compile_s[r.name] = time.perf_counter() - t0
+    times = {r.name: [] for r in runners}
+    for _ in range(steps):
+        for r in runners:
+            _sync(device)
+            t0 = time.perf_counter()
+            r.step(batch)
+            _sync(device)
+            times[r.name].append(time.perf_counter() - t0)
+    flops_per_step = ours.flops_per_token(T) * B * T
+    for name, ts in times.items():
+        ts = sorted(ts)
+        median = ts[len(ts) // 2]
+        out[f"{name}_tok_s"] = round(B * T / median, 1)
+        out[f"{name}_mfu"] = round(flops_per_step / median / peak, 4)
+    if compile_too:
+        out["compile_warmup_s"] = {k: round(v, 1) for k, v in compile_s.items() if "compiled" in k}
+    out["ratio_vs_hf_eager"] = round(out["ours_tok_s"] / out["hf_tok_s"], 3)
+    if compile_too:
+        out["ours_compiled_vs_hf_eager"] = round(out["ours_compiled_tok_s"] / out["hf_tok_s"], 3)
+        out["ours_compiled_vs_hf_compiled"] = round(out["ours_compiled_tok_s"] / out["hf_compiled_tok_s"], 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 6 CPU, 20 CUDA)")
+    parser.add_argument("--presets", default=None, help="comma-separated (default micro,mini; + tiny,small,medium on CUDA)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="also time both models under torch.compile (default on CUDA only)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    presets = (args.presets.split(",") if args.presets else
+               ["micro", "mini"] + (["tiny", "small", "medium"] if cuda else []))
+    steps = args.steps or (20 if cuda else 6)
+    compile_too = cuda if args.compile is None else args.compile
+    peak = peak_flops(device, torch.bfloat16 if cuda else torch.float32)
+    result = {"device": torch.cuda.get_device_name(device) if cuda else "cpu",
+              "precision": "bf16-autocast" if cuda else "fp32", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "peak_flops": round(peak), "steps": steps, "presets": {}}
+    for p in presets:
+        result["presets"][p] = bench_preset(p, device, steps, compile_too, peak)
+        print(f"{p}: {result['presets'][p]}", file=sys.stderr, flush=True)
+    result["ratio"] = min(v["ratio_vs_hf_eager"] for v in result["presets"].values())
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The pretraining loop: orchestration only.
+
+Per optimizer update: each of `grad_accum` micro-batches draws a step kind
+(`meta` with probability `meta.hybrid_ratio`, else `next_token`) from
+(seed, step, micro) and runs it; then clip, AdamW, schedule. At update
+boundaries: metrics, evaluation, checkpoints, budget and preemption checks.
+What a step computes lives in the step kinds (train/steps.py, metapretrain.meta).
+
+Resume: the newest verified checkpoint restores model, optimizer, step-kind
+states and modules, data position, every RNG and the counters; metrics.jsonl
+is cut back to that step. On CPU the continued run is bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from metapretrain import paths
+from metapretrain.data.shards import open_split, read_manifest
+from metapretrain.launch import preemption
+from metapretrain.progress import Progress
+from metapretrain.train import checkpoint as ckpt
+from metapretrain.train import runtime, schedule
+from metapretrain.train.batches import TokenBatches, fixed_batches
+from metapretrain.train.metrics import MetricsWriter, WandbLogger
+from metapretrain.train.optim import build_optimizer, set_lr
+from metapretrain.train.steps import StepContext, next_token_loss, step_kind
+
+STATE_FORMAT = 1
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN/inf loss or gradient with `train.on_nonfinite: stop`, or a non-finite state about to be saved."""
+
+
+@dataclass
+class Counters:
+    step: int = 0  # optimizer updates done (skipped non-finite updates included)
+    tokens: int = 0
+    flops: float = 0.0
+    wall: float = 0.0  # seconds inside the loop, summed over attempts
+
+    def get(self, unit: str) -> float:
+        return {"steps": self.step, "tokens": self.tokens, "flops": self.flops}[unit]
+
+
+def checkpoint_steps(train, final_step: int | None = None) -> set[int]:
+    """Scheduled checkpoint steps up to `final_step`: init (0), log-spaced 1, 2, 4, ..., every N."""
+    limit = final_step if final_step is not None else 0
+    steps = {0} | {2 ** i for i in range(train.checkpoint.log_spaced)}
+    steps |= set(range(train.checkpoint.every, limit + 1, train.checkpoint.every))
+    return {s for s in steps if final_step is None or s <= final_step}
+
+
+class Trainer:
+    def __init__(self, run_dir: str | Path, data_dir: str | Path, cfg, *, run_id: str, experiment: str | None):
+        self.run_dir, self.data_dir, self.cfg = Path(run_dir), Path(data_dir), cfg
+        self.run_id, self.experiment = run_id, experiment
+        t = cfg.train
+        self.device = runtime.resolve_device(t.device)
+        self.precision = runtime.resolve_precision(t.precision, self.device)
+        runtime.configure_backends(self.device, t.tf32)
+        manifest = read_manifest(data_dir)
+        self.model_cfg = cfg.model.resolved(tokenizer_vocab=int(manifest["vocab_size"]))
+        if t.seq_len > self.model_cfg.max_seq_len:
+            raise ValueError(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={self.model_cfg.max_seq_len} "
+                             f"(preset {cfg.model.preset!r})")
+
+        # Everything random at build time (init, head init) follows from the seed, so a resumed
+        # attempt builds the same objects before their checkpointed states are loaded.
+        runtime.seed_everything(cfg.seed)
+        from metapretrain.model.decoder import Decoder
+
+        self.model = Decoder(self.model_cfg).to(self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
+        planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
+        self.compile = runtime.use_compile(t.compile, self.device, planned)
+        self.compiled = torch.compile(self.model) if self.compile else self.model
+        train_tokens = open_split(data_dir, "train")
+        self.batches = TokenBatches(train_tokens, t.batch_size, t.seq_len, cfg.seed)
+        self.val_batches = fixed_batches(open_split(data_dir, "val"), t.batch_size, t.seq_len, t.eval_batches)
+        self.autocast = runtime.autocast_factory(self.precision, self.device)
+        tokenizer = paths.pretrain_dir(run_dir) / "tokenizer.json"
+        self.ctx = StepContext(model=self.compiled, cfg=cfg, device=self.device, batches=self.batches,
+                               shard=train_tokens, autocast=self.autocast, raw_model=self.model,
+                               tokenizer_path=str(tokenizer), special_tokens=dict(manifest.get("special_tokens", {})))
+        self.kinds = {"next_token": step_kind("next_token")(self.ctx)}
+        if cfg.meta.enabled:
+            self.kinds["meta"] = step_kind(cfg.meta.learner)(self.ctx)
+        for kind in self.kinds.values():
+            for module in kind.modules().values():
+                module.to(self.device)
+        extra = [p for kind in self.kinds.values() for p in kind.parameters()]
+        self.optimizer = build_optimizer(self.model, extra, t, self.device)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.flops_per_token = self.model.flops_per_token(t.seq_len)
+        self.schedule = schedule.from_config(t, self.flops_per_token)
+        self.counters = Counters()
+        self.metrics = MetricsWriter(paths.metrics_file(run_dir))
+        self.wandb: WandbLogger | None = None
+        self.last_checkpoint: int | None = None
+        self.final_step: int | None = None
+        self._window = {"tokens": 0, "seconds": 0.0}
+
+    # ----------------------------------------------------------------- state
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {name: m for kind in self.kinds.values() for name, m in kind.modules().items()}
+
+    def state(self) -> dict:
+        return {"format": STATE_FORMAT, "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "kinds": {name: kind.state_dict() for name, kind in self.kinds.items()},
+                "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters)}
+
+    def resume(self) -> ckpt.CheckpointInfo | None:
+        """Load the newest verified checkpoint, if any; cut metrics.jsonl back to it."""
+        info = ckpt.latest_checkpoint(self.run_dir)
+        if info is None:
+            self.metrics.truncate_to(None)
+            return None
+        missing, unexpected = self.model.load_state_dict(ckpt.load_tensors(info.path), strict=False)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(f"{info.path}: weights do not match the model (missing {missing[:5]}, "
+                                       f"unexpected {unexpected[:5]})")
+        saved_modules = ckpt.load_modules(info.path)
+        for name, module in self.modules().items():
+            if name not in saved_modules:
+                raise ckpt.CheckpointError(f"{info.path}: no weights for step-kind module {name!r}")
+            module.load_state_dict(saved_modules[name])
+        state = ckpt.load_state(info.path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
+        for name, kind in self.kinds.items():
+            kind.load_state_dict(state["kinds"].get(name, {}))
+        self.batches.load_state_dict(state["batches"])
+        runtime.set_rng_state(state["rng"])
+        self.counters = Counters(**state["counters"])
+        self.last_checkpoint = self.counters.step
+        self.metrics.truncate_to(info.step)
+        print(f"pretrain: resuming from {info.path.name} (step {info.step}, {info.tokens:,} tokens)", flush=True)
+        return info
+
+    def save(self) -> ckpt.CheckpointInfo:
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(f"refusing to checkpoint step {self.counters.step}: non-finite weights in "
+                                 f"{', '.join(bad[:5])}")
+        info = ckpt.save_checkpoint(self.run_dir, self.counters.step, model=self.model, state=self.state(),
+                                    config=self.cfg.to_dict(), tokens=self.counters.tokens,
+                                    flops=self.counters.flops, modules=self.modules() or None)
+        self.last_checkpoint = self.counters.step
+        self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
+        self._prune()
+        return info
+
+    def _prune(self) -> None:
+        keep = self.cfg.train.checkpoint.keep
+        if keep == "all":
+            ckpt.prune(self.run_dir, checkpoint_steps(self.cfg.train, self.counters.step), keep_last=2)
+        else:
+            ckpt.prune(self.run_dir, set(), keep_last=2)
+
+    # --------------------------------------------------------------- records
+    def record(self, kind: str, **fields) -> dict:
+        c = self.counters
+        rec = {"kind": kind, "step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3), **fields}
+        self.metrics.write(rec)
+        if self.wandb is not None and kind in ("train", "eval"):
+            self.wandb.log(rec)
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = []
+        for batch in self.val_batches:
+            with self.autocast():
+                losses.append(next_token_loss(self.compiled, batch.to(self.device)).item())
+        self.model.train()
+        loss = sum(losses) / len(losses)
+        self.record("eval", val_loss=loss, val_ppl=math.exp(loss) if loss < 700 else math.inf)
+        return loss
+
+    # ------------------------------------------------------------------ loop
+    def reached(self) -> bool:
+        budget = self.cfg.train.budget
+        return self.counters.get(budget.unit) >= budget.value
+
+    def update(self) -> dict:
+        """One optimizer update over `grad_accum` micro-batches; returns its train-record fields."""
+        t, c = self.cfg.train, self.counters
+        started = time.perf_counter()
+        lr = self.schedule.lr_at(c.step)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        nt_losses, other_losses, meta_metrics = [], [], defaultdict(list)
+        counts = {"next_token": 0, "meta": 0}
+        tokens, flops = 0, 0.0
+        for micro in range(t.grad_accum):
+            u, gen_seed = runtime.micro_seeds(self.cfg.seed, c.step, micro)
+            name = "meta" if "meta" in self.kinds and u < self.cfg.meta.hybrid_ratio else "next_token"
+            out = self.kinds[name].run(scale=1.0 / t.grad_accum, gen=torch.Generator().manual_seed(gen_seed))
+            counts[name] += 1
+            tokens += int(out.tokens)
+            flops += float(out.flops)
+            (nt_losses if name == "next_token" else other_losses).append(float(out.loss))
+            if name == "meta":
+                for key, value in out.metrics.items():
+                    meta_metrics[key if key.startswith("meta/") else f"meta/{key}"].append(float(value))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip or math.inf))
+        finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in nt_losses + other_losses)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        c.step += 1
+        c.tokens += tokens
+        c.flops += flops
+        self._window["tokens"] += tokens
+        self._window["seconds"] += seconds
+        fields = {"lr": lr, "grad_norm": grad_norm, "n_next_token": counts["next_token"], "n_meta": counts["meta"]}
+        if nt_losses:
+            fields["loss"] = sum(nt_losses) / len(nt_losses)
+        fields.update({k: sum(v) / len(v) for k, v in sorted(meta_metrics.items())})
+        if not finite:
+            self._nonfinite(fields, nt_losses + other_losses)
+        return fields
+
+    def _nonfinite(self, fields: dict, losses: list[float]) -> None:
+        action = self.cfg.train.on_nonfinite
+        self.record("nonfinite", action=action, losses=[x if math.isfinite(x) else str(x) for x in losses],
+                    grad_norm=fields["grad_norm"] if math.isfinite(fields["grad_norm"]) else str(fields["grad_norm"]))
+        if action == "stop":
+            raise NonFiniteError(f"non-finite loss or gradient at update {self.counters.step} (losses {losses}, "
+                                 f"grad norm {fields['grad_norm']}); set train.on_nonfinite: skip to drop such "
+                                 f"updates, or lower train.lr; training resumes from the last checkpoint")
+        print(f"WARNING: update {self.counters.step} skipped: non-finite loss or gradient", flush=True)
+
+    def run(self) -> dict:
+        """Train until the budget is reached; returns the summary counters and final validation loss."""
+        t = self.cfg.train
+        session_start = time.perf_counter()
+        wall0 = self.counters.wall
+        last_eval = None
+        if self.last_checkpoint is None:  # fresh start: the init state is a checkpoint for the dynamics stage
+            last_eval = self.evaluate()
+            self.save()
+        scheduled = checkpoint_steps(t)
+        progress = Progress("pretrain", total=t.budget.value, unit=t.budget.unit, every_s=t.progress_every_s,
+                            formatter=_progress_line)
+        with progress:
+            progress.update(self.counters.get(t.budget.unit))
+            while not self.reached():
+                if preemption.requested():
+                    self.counters.wall = wall0 + time.perf_counter() - session_start
+                    if self.last_checkpoint != self.counters.step:
+                        self.save()
+                    self.metrics.close()
+                    raise preemption.Preempted(f"pretrain stopped at step {self.counters.step} on request; "
+                                               "state saved")
+                fields = self.update()
+                self.counters.wall = wall0 + time.perf_counter() - session_start
+                step, done = self.counters.step, self.reached()
+                if step % t.log_every == 0 or step == 1 or done:
+                    w = self._window
+                    fields["tokens_per_s"] = w["tokens"] / w["seconds"] if w["seconds"] > 0 else 0.0
+                    self._window = {"tokens": 0, "seconds": 0.0}
+                    self.record("train", **fields)
+                if step % t.eval_every == 0 or done:
+                    last_eval = self.evaluate()
+                if step in scheduled or step % t.checkpoint.every == 0 or done:
+                    self.save()
+                progress.update(self.counters.get(t.budget.unit), step=step, loss=fields.get("loss"),
+                                tok_s=fields.get("tokens_per_s"))
+        if self.last_checkpoint != self.counters.step:  # resumed at the final step without its checkpoint
+            self.save()
+        if last_eval is None:
+            last_eval = _last_eval(self.metrics.path)
+        self.metrics.close()
+        c = self.counters
+        return {"final_step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3),
+                "final_val_loss": last_eval}
+
+
+def _progress_line(fields: dict) -> str:
+    parts = []
+    if fields.get("step") is not None:
+        parts.append(f"step {fields['step']}")
+    if fields.get("loss") is not None:
+        parts.append(f"loss {fields['loss']:.4f}")
+    if fields.get("tok_s"):
+        parts.append(f"{fields['tok_s']:,.0f} tok/s")
+    return "  ".join(parts)
+
+
+def _last_eval(metrics_path: Path) -> float | None:
+    from metapretrain.train.metrics import read_records
+
+    evals = [r for r in read_records(metrics_path) if r["kind"] == "eval"]
+    return evals[-1]["val_loss"] if evals else None

@@ -1,0 +1,94 @@
+"""Where and how the loop computes: device, precision, compile, and the RNG states it checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (set train.device: auto or cpu)")
+    return torch.device(setting)
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """`auto` = bf16 autocast on CUDA, fp32 elsewhere (CPU bf16 is slower than fp32 on most CPUs)."""
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return setting
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "bf16":
+        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+# On CPU, compiling the model takes minutes (2 busy cores: several minutes) and gains ~1.2-1.5x
+# per step, so `auto` compiles only runs with at least this many micro-batches.
+CPU_COMPILE_MIN_MICRO_BATCHES = 20_000
+
+
+def use_compile(setting: str, device: torch.device, micro_batches: int = 0) -> bool:
+    """`auto` compiles on CUDA, and on CPU only runs long enough to pay the compile time back."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    return device.type == "cuda" or micro_batches >= CPU_COMPILE_MIN_MICRO_BATCHES
+
+
+def configure_backends(device: torch.device, tf32: bool) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def micro_seeds(seed: int, step: int, micro: int) -> tuple[float, int]:
+    """(uniform draw in [0, 1) for the step kind, seed for the step's generator), from (seed, step, micro).
+
+    Stateless: every rank and every resumed attempt computes the same values
+    without broadcasting or checkpointing anything.
+    """
+    words = np.random.SeedSequence([seed, step, micro]).generate_state(3, dtype=np.uint32)
+    u = float(words[0]) / 2**32
+    gen_seed = (int(words[1]) << 31) ^ int(words[2])
+    return u, gen_seed
+
+
+def rng_state() -> dict:
+    """All global RNG states as tensors and ints (loadable with `weights_only=True`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pystate, pygauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(pystate, dtype=torch.int64),
+                   "gauss": pygauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,129 @@
+"""The pretrain stage: `metapretrain pretrain --run-dir RUN --data TOKDIR`.
+
+`main` hands the work to the launcher (in-process, subprocess or SLURM);
+`train_run` is the resumable job body: it continues from the newest verified
+checkpoint, and returns at once when the run's done.json is already valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from metapretrain import paths
+from metapretrain.io import atomic_path, read_json, sha256_file, write_done
+
+STAGE = "pretrain"
+
+
+def done_is_valid(pretrain_dir: Path) -> bool:
+    """done.json exists, names this stage, and every output it lists still has its checksum."""
+    try:
+        done = read_json(pretrain_dir / "done.json")
+        return done.get("stage") == STAGE and all(
+            (pretrain_dir / rel).is_file() and sha256_file(pretrain_dir / rel) == digest
+            for rel, digest in done.get("outputs", {}).items())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
+    """pretrain/tokenizer.json: the run directory alone is enough for finetune and dynamics."""
+    src, dst = data_dir / "tokenizer.json", pretrain_dir / "tokenizer.json"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no tokenizer; run the tokenize stage first")
+    if not dst.is_file() or sha256_file(dst) != sha256_file(src):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
+def train_run(run_dir: str, data_dir: str) -> dict:
+    """Pretrain one run to its budget, resuming from its last checkpoint; returns the done.json record."""
+    from metapretrain.config import load_run_config
+    from metapretrain.launch.jobs import run_identity
+    from metapretrain.train import runtime
+    from metapretrain.train.loop import Trainer
+    from metapretrain.train.metrics import WandbLogger
+
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    pre = paths.pretrain_dir(run_dir)
+    if done_is_valid(pre):
+        print(f"pretrain: {pre / 'done.json'} is valid; nothing to do", flush=True)
+        return read_json(pre / "done.json")
+    cfg = load_run_config(paths.resolved_config(run_dir))
+    experiment, run_id = run_identity(run_dir)
+    pre.mkdir(parents=True, exist_ok=True)
+    tokenizer = copy_tokenizer(data_dir, pre)
+    trainer = Trainer(run_dir, data_dir, cfg, run_id=run_id, experiment=experiment)
+    print(f"pretrain {run_id}: {cfg.model.preset} model, {trainer.model.num_parameters():,} parameters, "
+          f"device {trainer.device}, precision {trainer.precision}, compile {'on' if trainer.compile else 'off'}, budget {cfg.train.budget.value:g} "
+          f"{cfg.train.budget.unit}", flush=True)
+    trainer.resume()
+    # W&B may draw from the global RNGs while it starts; training must not depend on whether it logs.
+    rng = runtime.rng_state()
+    trainer.wandb = WandbLogger(mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                                run_dir=run_dir, run_id=run_id, experiment=experiment, config=cfg.to_dict())
+    runtime.set_rng_state(rng)
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.wandb.finish()
+    outputs = [paths.metrics_file(run_dir), tokenizer]
+    final = paths.checkpoints_dir(run_dir) / paths.checkpoint_name(summary["final_step"])
+    outputs.append(final / "manifest.json")
+    outputs += export_checkpoints(run_dir, cfg.train.checkpoint.export_hf, final)
+    write_done(pre, STAGE, run_id, outputs, extra=summary)
+    print(f"pretrain {run_id}: done: {summary['final_step']} steps, {summary['tokens']:,} tokens, "
+          f"{summary['flops']:.3g} FLOPs, {summary['wall']:.1f}s, final val_loss "
+          f"{summary['final_val_loss']:.4f} -> {pre}", flush=True)
+    return read_json(pre / "done.json")
+
+
+def export_checkpoints(run_dir: Path, mode: str, final: Path) -> list[Path]:
+    """HF exports per `train.checkpoint.export_hf`; returns their config.json paths (done.json outputs)."""
+    if mode == "none":
+        return []
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("WARNING: transformers is not installed: skipping the Hugging Face export "
+              "(run `metapretrain export` later)", file=sys.stderr, flush=True)
+        return []
+    from metapretrain.model.hf import export_checkpoint
+    from metapretrain.train.checkpoint import list_checkpoints
+
+    hf = paths.hf_dir(run_dir)
+    out = [export_checkpoint(final, hf) / "config.json"]
+    if mode == "all":
+        for info in list_checkpoints(run_dir):
+            out.append(export_checkpoint(info.path, hf / info.path.name) / "config.json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metapretrain pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds config.resolved.yaml)")
+    parser.add_argument("--data", required=True, type=Path, help="the tokenize output directory of this run")
+    args = parser.parse_args(argv)
+    from metapretrain.config import load_run_config
+
+    cfg_path = paths.resolved_config(args.run_dir)
+    if not cfg_path.is_file():
+        print(f"metapretrain pretrain: {cfg_path}: no resolved config; materialize the grid first", file=sys.stderr)
+        return 2
+    if not (args.data / "manifest.json").is_file():
+        print(f"metapretrain pretrain: {args.data / 'manifest.json'}: missing; run the tokenize stage first",
+              file=sys.stderr)
+        return 2
+    cfg = load_run_config(cfg_path)
+    from metapretrain.launch.run import run_stage
+
+    return run_stage(stage=STAGE, run_dir=args.run_dir, cfg=cfg, target="metapretrain.train.stage:train_run",
+                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

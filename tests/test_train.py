@@ -1,0 +1,565 @@
+"""The pretraining loop: schedule, optimiser groups, batches, budgets, checkpoints, exact resume, metrics, W&B."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from metapretrain import paths
+from metapretrain.config.load import run_config_from_dict
+from metapretrain.launch import preemption
+from metapretrain.train import checkpoint as ckpt
+from metapretrain.train import loop as loop_mod
+from metapretrain.train import steps as steps_mod
+from metapretrain.train.batches import DataTooSmallError, TokenBatches, fixed_batches
+from metapretrain.train.metrics import MetricsWriter, read_records, stable_run_id, wandb_mode
+from metapretrain.train.optim import param_groups
+from metapretrain.train.runtime import micro_seeds
+from metapretrain.train.schedule import Schedule, decay_steps_for
+from metapretrain.train.stage import train_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+              "max_seq_len": 64}
+BASE = {
+    "model": TINY_MODEL,
+    "train": {"budget": {"unit": "steps", "value": 12}, "batch_size": 2, "seq_len": 16, "lr": 3e-3,
+              "warmup_steps": 2, "eval_every": 4, "eval_batches": 2, "log_every": 1,
+              "checkpoint": {"every": 4, "log_spaced": 2, "export_hf": "none"}},
+    "launch": {"launcher": "debug"},
+    "wandb": {"mode": "disabled"},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_run(root: Path, name: str = "run", **over) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = run_config_from_dict(_merge(BASE, over))
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": "test", "hash": "0", "axes": {}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    """A real tokenize output over a small synthetic corpus (no data mirror needed)."""
+    from conftest import small_tokenize_config
+    from metapretrain.data.tokenize_stage import tokenize
+
+    root = tmp_path_factory.mktemp("synth")
+    (root / "corpus").mkdir()
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "house", "big", "red", "and", "saw", "it"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(5, 15))) for _ in range(1500)]
+    (root / "corpus" / "synth.txt").write_text("\n".join(lines) + "\n")
+    out = root / "tok"
+    tokenize(small_tokenize_config(root, vocab_size=128), out)
+    return out
+
+
+def records(run: Path, kind: str | None = None) -> list[dict]:
+    recs = read_records(paths.metrics_file(run))
+    return [r for r in recs if kind is None or r["kind"] == kind]
+
+
+def comparable(recs: list[dict]) -> list[dict]:
+    """Records without the timing fields, which legitimately differ between attempts."""
+    return [{k: v for k, v in r.items() if k not in ("wall", "tokens_per_s")} for r in recs]
+
+
+def final_weights(run: Path) -> dict:
+    # Cloned: safetensors may memory-map the file, and some tests overwrite it in place.
+    return {k: v.clone() for k, v in ckpt.load_tensors(ckpt.final_checkpoint(run).path).items()}
+
+
+# ---------------------------------------------------------------- schedule
+def test_schedule_shapes():
+    cos = Schedule(lr=1.0, warmup_steps=10, decay_steps=110, kind="cosine", min_lr_ratio=0.1)
+    assert [cos.factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cos.factor(10) == pytest.approx(1.0)
+    assert cos.factor(60) == pytest.approx(0.55)  # half-way: min + (1 - min) / 2
+    assert cos.factor(110) == pytest.approx(0.1) and cos.factor(500) == pytest.approx(0.1)
+    lin = Schedule(lr=2.0, warmup_steps=0, decay_steps=100, kind="linear", min_lr_ratio=0.0)
+    assert [lin.lr_at(s) for s in (0, 25, 50, 100)] == pytest.approx([2.0, 1.5, 1.0, 0.0])
+    const = Schedule(lr=1.0, warmup_steps=4, decay_steps=10, kind="constant")
+    assert [const.factor(s) for s in (0, 3, 4, 1000)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
+    values = [cos.factor(s) for s in range(10, 120)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_decay_steps_from_budget():
+    def train(unit, value, decay=None):
+        return run_config_from_dict(_merge(BASE, {"train": {"budget": {"unit": unit, "value": value},
+                                                            "decay_steps": decay, "grad_accum": 2}})).train
+
+    assert decay_steps_for(train("steps", 12), 1.0) == 12
+    assert decay_steps_for(train("steps", 12, decay=500), 1.0) == 500
+    # 2 sequences x 16 tokens x 2 micro-batches = 64 tokens per update
+    assert decay_steps_for(train("tokens", 640), 1.0) == 10
+    assert decay_steps_for(train("tokens", 641), 1.0) == 11
+    assert decay_steps_for(train("flops", 64 * 1000 * 7), 1000.0) == 7
+
+
+def test_compile_policy():
+    from metapretrain.train.runtime import CPU_COMPILE_MIN_MICRO_BATCHES, use_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_compile("auto", cpu, 200) and use_compile("auto", cpu, CPU_COMPILE_MIN_MICRO_BATCHES)
+    assert use_compile("auto", cuda, 10) and use_compile("on", cpu, 1) and not use_compile("off", cuda, 10**9)
+
+
+# --------------------------------------------------------------- optimiser
+def test_weight_decay_on_matrices_only():
+    from metapretrain.model import ModelConfig
+    from metapretrain.model.decoder import Decoder
+
+    model = Decoder(ModelConfig(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=32, vocab_size=50,
+                                max_seq_len=8))
+    head = torch.nn.Linear(16, 4)
+    decay, no_decay = param_groups(model, list(head.parameters()), 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names.get(id(p), "head") for p in decay["params"]}
+    assert "embed.weight" not in decayed and "lm_head.weight" in decayed
+    assert "layers.0.attn.q_proj.weight" in decayed and "head" in decayed
+    assert all(p.dim() == 1 or names.get(id(p)) == "embed.weight" for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    n_all = sum(1 for _ in model.parameters()) + 2
+    assert len(decay["params"]) + len(no_decay["params"]) == n_all
+
+
+# ----------------------------------------------------------------- batches
+def test_batches_are_deterministic_resumable_and_cover_every_window():
+    tokens = np.arange(1001, dtype=np.uint16)
+    a = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
+    first = [a.next() for _ in range(40)]  # 120 windows: crosses the epoch boundary (100 windows)
+    assert first[0].shape == (3, 11) and first[0].dtype == torch.int64
+    starts = torch.cat([b[:, 0] for b in first[:34]])[:100]
+    assert sorted(starts.tolist()) == list(range(0, 1000, 10))  # an epoch visits every window once
+    assert torch.equal(first[0][:, 1:], first[0][:, :-1] + 1)  # contiguous text
+    b = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
+    for _ in range(17):
+        b.next()
+    c = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
+    c.load_state_dict(b.state_dict())
+    assert all(torch.equal(c.next(), x) for x in first[17:])
+    other = TokenBatches(tokens, batch_size=3, seq_len=10, seed=8)
+    assert not torch.equal(other.next(), first[0])
+    with pytest.raises(ValueError, match="does not match"):
+        TokenBatches(tokens, batch_size=4, seq_len=10, seed=7).load_state_dict(b.state_dict())
+    with pytest.raises(DataTooSmallError, match="seq_len"):
+        TokenBatches(np.arange(5), batch_size=1, seq_len=10, seed=0)
+
+
+def test_validation_batches_are_fixed():
+    tokens = np.arange(500, dtype=np.uint16)
+    a, b = fixed_batches(tokens, 2, 8, 3), fixed_batches(tokens, 2, 8, 3)
+    assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len({int(x[i, 0]) for x in a for i in range(2)}) == 6
+    few = fixed_batches(np.arange(20), 2, 8, 3)  # 2 windows only: repeated
+    assert len(few) == 3 and few[0].shape == (2, 9)
+
+
+def test_micro_seeds_deterministic_and_hybrid_fraction():
+    assert micro_seeds(1, 5, 0) == micro_seeds(1, 5, 0)
+    assert micro_seeds(1, 5, 0) != micro_seeds(1, 5, 1) != micro_seeds(2, 5, 0)
+    draws = [micro_seeds(3, s, m)[0] for s in range(500) for m in range(2)]
+    assert 0.45 < np.mean([u < 0.5 for u in draws]) < 0.55
+
+
+# ----------------------------------------------------------------- metrics
+def test_metrics_truncate_and_torn_line(tmp_path):
+    w = MetricsWriter(tmp_path / "metrics.jsonl")
+    for s in range(5):
+        w.write({"kind": "train", "step": s, "loss": float("nan") if s == 2 else 1.0})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "st')  # a kill mid-line
+    recs = read_records(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4] and recs[2]["loss"] is None
+    kept = w.truncate_to(2)
+    assert [r["step"] for r in kept] == [0, 1, 2]
+    assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    w.truncate_to(None)
+    assert read_records(tmp_path / "metrics.jsonl") == []
+
+
+def test_wandb_mode_and_stable_id(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_mode("auto") == "offline" and wandb_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("online") == "disabled"
+    assert stable_run_id("exp", "method~a") == stable_run_id("exp", "method~a") != stable_run_id("exp", "method~b")
+
+
+# ------------------------------------------------------------ the loop
+def test_run_outputs_records_and_checkpoints(tmp_path, tok_dir):
+    run = make_run(tmp_path, train={"log_every": 5})
+    done = train_run(str(run), str(tok_dir))
+    assert done["final_step"] == 12 and done["stage"] == "pretrain"
+    steps = [c.step for c in ckpt.list_checkpoints(run)]
+    assert steps == [0, 1, 2, 4, 8, 12]
+    train = records(run, "train")
+    assert [r["step"] for r in train] == [1, 5, 10, 12]
+    for r in train:
+        assert {"lr", "loss", "grad_norm", "tokens_per_s", "n_next_token", "n_meta", "tokens", "flops", "wall"} <= set(r)
+        assert r["n_next_token"] == 1 and r["n_meta"] == 0
+        assert r["tokens"] == r["step"] * 2 * 16
+    evals = records(run, "eval")
+    assert [r["step"] for r in evals] == [0, 4, 8, 12]
+    assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+    assert done["final_val_loss"] == evals[-1]["val_loss"]
+    assert (run / "pretrain" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
+    # A second call finds a valid done.json and does nothing.
+    mtime = paths.metrics_file(run).stat().st_mtime_ns
+    assert train_run(str(run), str(tok_dir))["final_step"] == 12
+    assert paths.metrics_file(run).stat().st_mtime_ns == mtime
+
+
+def test_token_and_flop_accounting_by_hand(tmp_path, tok_dir):
+    # micro-derived model: d=32, L=2, H=4, K=2 (head dim 8), F=64, V from the tokenizer; T=16.
+    d, L, F, T = 32, 2, 64, 16
+    V = json.loads((tok_dir / "manifest.json").read_text())["vocab_size"]
+    matmul = L * (d * d + 2 * d * 2 * 8 + d * d + 3 * d * F) + d * V
+    per_token = 3 * (2 * matmul + 2 * L * d * (T + 1))
+    # Budget in tokens: 2 x 16 x 2 = 64 tokens per update; 300 tokens -> stop after update 5 (320 >= 300).
+    run = make_run(tmp_path, train={"budget": {"unit": "tokens", "value": 300}, "grad_accum": 2})
+    done = train_run(str(run), str(tok_dir))
+    assert done["final_step"] == 5 and done["tokens"] == 320
+    assert done["flops"] == pytest.approx(320 * per_token)
+    run2 = make_run(tmp_path, "flops", train={"budget": {"unit": "flops", "value": 3.5 * 32 * per_token}})
+    done2 = train_run(str(run2), str(tok_dir))
+    assert done2["final_step"] == 4 and done2["tokens"] == 128
+
+
+class _FakeMeta(steps_mod.StepKind):
+    """A meta step stand-in with its own head, dropout (global RNG), generator use and state."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(ctx.raw_model.cfg.d_model, 3))
+        self.calls = 0
+
+    def parameters(self):
+        return list(self.head.parameters())
+
+    def modules(self):
+        return {"episode_head": self.head}
+
+    def run(self, scale, gen):
+        batch = self.ctx.batches.next().to(self.ctx.device)
+        labels = torch.randint(0, 3, (batch.shape[0],), generator=gen)
+        hidden = self.ctx.model.hidden(batch[:, :-1])[:, -1]
+        loss = torch.nn.functional.cross_entropy(self.head(hidden), labels)
+        (loss * scale).backward()
+        self.calls += 1
+        n = batch.shape[0] * (batch.shape[1] - 1)
+        return steps_mod.StepOutput(loss=loss.item(), tokens=n, flops=3.0 * n,
+                                    metrics={"query_acc": float(self.calls % 3) / 3})
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+@pytest.fixture
+def fake_meta(monkeypatch):
+    import metapretrain.meta  # noqa: F401  (real learners register first, so replacing one cannot clash later)
+
+    monkeypatch.setitem(steps_mod._STEP_KINDS, "fomaml", _FakeMeta)
+    return _FakeMeta
+
+
+HYBRID = {"meta": {"learner": "fomaml", "hybrid_ratio": 0.5}, "train": {"grad_accum": 2}}
+
+
+def test_hybrid_draws_and_meta_metrics(tmp_path, tok_dir, fake_meta):
+    run = make_run(tmp_path, **HYBRID)
+    train_run(str(run), str(tok_dir))
+    train = records(run, "train")
+    assert all(r["n_next_token"] + r["n_meta"] == 2 for r in train)
+    assert 0 < sum(r["n_meta"] for r in train) < 24
+    expected = [sum(micro_seeds(42, r["step"] - 1, m)[0] < 0.5 for m in range(2)) for r in train]
+    assert [r["n_meta"] for r in train] == expected
+    assert all(("meta/query_acc" in r) == (r["n_meta"] > 0) for r in train)
+    assert all(("loss" in r) == (r["n_next_token"] > 0) for r in train)
+    assert "episode_head" in ckpt.load_modules(ckpt.final_checkpoint(run).path)
+
+
+def _crash_at(monkeypatch, step: int):
+    original = loop_mod.Trainer.update
+
+    def update(self):
+        if self.counters.step == step:
+            raise RuntimeError("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(loop_mod.Trainer, "update", update)
+    return original
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path, tok_dir, fake_meta, monkeypatch):
+    full = make_run(tmp_path, "full", **HYBRID)
+    train_run(str(full), str(tok_dir))
+
+    cut = make_run(tmp_path, "cut", **HYBRID)
+    original = _crash_at(monkeypatch, 7)  # last checkpoint before the crash: step 4
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(str(cut), str(tok_dir))
+    assert max(r["step"] for r in records(cut)) == 7
+    monkeypatch.setattr(loop_mod.Trainer, "update", original)
+    train_run(str(cut), str(tok_dir))
+
+    assert comparable(records(cut)) == comparable(records(full))
+    a, b = final_weights(full), final_weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = ckpt.load_modules(ckpt.final_checkpoint(full).path), ckpt.load_modules(ckpt.final_checkpoint(cut).path)
+    assert all(torch.equal(ma["episode_head"][k], mb["episode_head"][k]) for k in ma["episode_head"])
+
+
+def test_preemption_checkpoints_and_resumes(tmp_path, tok_dir, monkeypatch):
+    full = make_run(tmp_path, "full")
+    train_run(str(full), str(tok_dir))
+    run = make_run(tmp_path, "pre")
+    original = loop_mod.Trainer.update
+
+    def update(self):
+        out = original(self)
+        if self.counters.step == 6:
+            preemption.request()
+        return out
+
+    monkeypatch.setattr(loop_mod.Trainer, "update", update)
+    try:
+        with pytest.raises(preemption.Preempted):
+            train_run(str(run), str(tok_dir))
+    finally:
+        preemption.clear()
+    assert ckpt.latest_checkpoint(run).step == 6  # saved at the boundary, off the schedule
+    monkeypatch.setattr(loop_mod.Trainer, "update", original)
+    train_run(str(run), str(tok_dir))
+    assert [r["loss"] for r in records(run, "train")] == [r["loss"] for r in records(full, "train")]
+    assert 6 not in [c.step for c in ckpt.list_checkpoints(run)]  # keep=all prunes unscheduled ones later
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, tok_dir, capsys):
+    run = make_run(tmp_path)
+    train_run(str(run), str(tok_dir))
+    reference = final_weights(run)
+    (run / "pretrain" / "done.json").unlink()
+    latest = ckpt.final_checkpoint(run).path
+    data = (latest / "model.safetensors").read_bytes()
+    (latest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    assert ckpt.latest_checkpoint(run).step == 8
+    train_run(str(run), str(tok_dir))
+    assert "falling back" in capsys.readouterr().out
+    again = final_weights(run)
+    assert all(torch.equal(reference[k], again[k]) for k in reference)
+    assert [r["step"] for r in records(run, "eval")] == [0, 4, 8, 12]
+
+
+def test_killed_after_the_final_checkpoint_only_finishes(tmp_path, tok_dir):
+    run = make_run(tmp_path)
+    first = train_run(str(run), str(tok_dir))
+    before = paths.metrics_file(run).read_text()
+    (run / "pretrain" / "done.json").unlink()  # as if killed during the export, before done.json
+    again = train_run(str(run), str(tok_dir))
+    assert paths.metrics_file(run).read_text() == before
+    assert again["final_val_loss"] == first["final_val_loss"] and again["final_step"] == 12
+
+
+def test_export_hf_all_exports_every_checkpoint(tmp_path, tok_dir):
+    pytest.importorskip("transformers")
+    run = make_run(tmp_path, train={"budget": {"value": 4}, "checkpoint": {"export_hf": "all"}})
+    done = train_run(str(run), str(tok_dir))
+    hf = paths.hf_dir(run)
+    assert (hf / "config.json").is_file() and (hf / "tokenizer.json").is_file()
+    assert sorted(p.name for p in hf.glob("step_*")) == ["step_00000000", "step_00000001", "step_00000002",
+                                                         "step_00000004"]
+    assert "hf/config.json" in done["outputs"] and "hf/step_00000001/config.json" in done["outputs"]
+
+
+def test_keep_last_prunes_to_two(tmp_path, tok_dir):
+    run = make_run(tmp_path, train={"checkpoint": {"keep": "last"}})
+    train_run(str(run), str(tok_dir))
+    assert [c.step for c in ckpt.list_checkpoints(run)] == [8, 12]
+
+
+class _NaNAt(steps_mod.NextTokenStep):
+    def run(self, scale, gen):
+        out = super().run(scale, gen)
+        if self.ctx.batches.index // self.ctx.batches.batch_size == 3:  # the third update
+            for p in self.ctx.raw_model.parameters():
+                p.grad.fill_(float("nan"))
+        return out
+
+
+@pytest.mark.parametrize("action", ["skip", "stop"])
+def test_nonfinite_skip_or_stop(tmp_path, tok_dir, monkeypatch, action):
+    monkeypatch.setitem(steps_mod._STEP_KINDS, "next_token", _NaNAt)
+    run = make_run(tmp_path, train={"on_nonfinite": action, "checkpoint": {"every": 1, "log_spaced": 0}})
+    if action == "stop":
+        with pytest.raises(loop_mod.NonFiniteError, match="on_nonfinite"):
+            train_run(str(run), str(tok_dir))
+        assert ckpt.latest_checkpoint(run).step == 2
+        assert records(run, "nonfinite")[0]["step"] == 3
+        return
+    train_run(str(run), str(tok_dir))
+    bad = records(run, "nonfinite")
+    assert [r["step"] for r in bad] == [3] and bad[0]["action"] == "skip"
+    w2 = ckpt.load_tensors(paths.checkpoints_dir(run) / "step_00000002")
+    w3 = ckpt.load_tensors(paths.checkpoints_dir(run) / "step_00000003")
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)  # the update was dropped
+    assert all(torch.isfinite(v).all() for v in final_weights(run).values())
+
+
+def test_cli_errors_and_in_process_run(tmp_path, tok_dir, capsys):
+    from metapretrain.train.stage import main
+
+    assert main(["--run-dir", str(tmp_path / "nope"), "--data", str(tok_dir)]) == 2
+    assert "no resolved config" in capsys.readouterr().err
+    run = make_run(tmp_path)
+    assert main(["--run-dir", str(run), "--data", str(tmp_path)]) == 2
+    assert main(["--run-dir", str(run), "--data", str(tok_dir)]) == 0
+    assert (run / "pretrain" / "done.json").is_file()
+
+
+# ------------------------------------------------------------------ W&B
+def test_wandb_failure_never_stops_training(tmp_path, tok_dir, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+
+    def boom(*a, **k):
+        raise RuntimeError("no network")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(wandb, "init", boom)
+    run = make_run(tmp_path)
+    with pytest.warns(UserWarning, match="W&B init failed"):
+        train_run(str(run), str(tok_dir))
+    assert (run / "pretrain" / "done.json").is_file()
+
+
+def test_wandb_disabled_writes_nothing(tmp_path, tok_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run = make_run(tmp_path)
+    train_run(str(run), str(tok_dir))
+    assert not (tmp_path / "wandb").exists() and not (run / "pretrain" / "wandb").exists()
+    assert not (run / "pretrain" / "wandb_id").exists()
+
+
+def test_wandb_offline_writes_a_run_dir(tmp_path, tok_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = make_run(tmp_path)
+    train_run(str(run), str(tok_dir))
+    wid = (run / "pretrain" / "wandb_id").read_text().strip()
+    assert wid == stable_run_id("test", "run")
+    offline = list((tmp_path / "wandb").rglob(f"offline-run-*-{wid}"))
+    assert offline and list(offline[0].glob("*.wandb"))
+    # Logging to W&B or not never changes training.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    quiet = make_run(tmp_path, "run_quiet")
+    train_run(str(quiet), str(tok_dir))
+    assert comparable(records(quiet)) == comparable(records(run))
+
+
+# ------------------------------------------------------ real text, real kill
+def test_loss_decreases_on_real_text(tmp_path, tokenized_dir):
+    run = make_run(tmp_path, model={"d_model": 64, "n_layers": 2}, train={
+        "budget": {"value": 40}, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 5, "eval_every": 40,
+        "log_every": 5})
+    train_run(str(run), str(tokenized_dir))
+    evals = records(run, "eval")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals
+
+
+_CHILD = """
+import sys, os
+from metapretrain.train import loop
+original = loop.Trainer.update
+def update(self):
+    out = original(self)
+    if self.counters.step == int(os.environ["PAUSE_AT"]):
+        print("READY", flush=True)
+        import time; time.sleep(600)
+    return out
+if os.environ.get("PAUSE_AT"):
+    loop.Trainer.update = update
+from metapretrain.train.stage import train_run
+train_run(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_resumes_with_identical_losses(tmp_path, tok_dir):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    full = make_run(tmp_path, "full", train={"budget": {"value": 20}})
+    subprocess.run([sys.executable, "-c", _CHILD, str(full), str(tok_dir)], env=env, check=True, timeout=300,
+                   capture_output=True)
+    run = make_run(tmp_path, "killed", train={"budget": {"value": 20}})
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=dict(env, PAUSE_AT="11"),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # ends at READY, or at EOF if the child died first
+            if line.strip() == "READY":
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt.latest_checkpoint(run).step == 8 and not (run / "pretrain" / "done.json").exists()
+    subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=env, check=True, timeout=300,
+                   capture_output=True)
+    assert comparable(records(run)) == comparable(records(full))
+    a, b = final_weights(full), final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["fomaml", "maml2", "reptile", "maml_ntp"])
+def test_real_learners_resume_bit_identical(tmp_path, tok_dir, monkeypatch, learner):
+    """The registered meta-learners checkpoint everything they need: a crash and resume changes nothing."""
+    from metapretrain.train.steps import known_step_kinds
+
+    if learner not in known_step_kinds():
+        pytest.skip(f"{learner} is not registered yet")
+    over = {"meta": {"learner": learner, "hybrid_ratio": 0.5,
+                     "episode": {"n_way": 3, "k_shot": 2, "q_query": 2, "window": 8, "min_count": 2,
+                                 "max_frequency": 0.5},
+                     "head": {"layers": 2, "width": 16}, "inner": {"steps": 2},
+                     "maml_ntp": {"support_batch_size": 2, "query_batch_size": 2}},
+            "train": {"budget": {"value": 6}, "grad_accum": 2, "checkpoint": {"every": 2, "log_spaced": 0}}}
+    full = make_run(tmp_path, "full", **over)
+    train_run(str(full), str(tok_dir))
+    cut = make_run(tmp_path, "cut", **over)
+    original = _crash_at(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(str(cut), str(tok_dir))
+    monkeypatch.setattr(loop_mod.Trainer, "update", original)
+    train_run(str(cut), str(tok_dir))
+    assert sum(r["n_meta"] for r in records(full, "train")) > 0
+    assert comparable(records(cut)) == comparable(records(full))
+    a, b = final_weights(full), final_weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
