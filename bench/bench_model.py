@@ -7,7 +7,7 @@ MFU = (our FLOP accounting per token × tokens/s) / peak, the peak measured
 with a large matmul in the same precision. `ratio` = ours ÷ transformers
 eager, the smaller over the presets run.
 
-    python bench/bench_train.py [--device auto|cpu|cuda] [--steps N] [--presets micro,mini] [--compile]
+    python bench/bench_model.py [--device auto|cpu|cuda] [--steps N] [--presets micro,mini] [--compile]
 """
 
 from __future__ import annotations
