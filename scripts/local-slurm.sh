@@ -19,6 +19,7 @@ NGPUS=2
 DB_PASS=metapretrain-ci-only  # a local throwaway database reachable only over the unix socket / loopback
 MYSQL_RUN=/run/mysqld
 MUNGE_RUN=/run/munge
+CONF_CHANGED=0
 
 log() { printf '[local-slurm] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -86,6 +87,8 @@ MailProg=/bin/true
 JobRequeue=1
 ReturnToService=2
 SchedulerType=sched/backfill
+# A requeued job waits for its begin time (cred_expire + 1 s) and then a scheduling pass: run passes every 2 s.
+SchedulerParameters=bf_interval=2,sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
@@ -102,7 +105,9 @@ SlurmdTimeout=60
 NodeName=localhost NodeAddr=127.0.0.1 $(node_topology) Gres=gpu:$NGPUS State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
-    chmod 644 "$tmp" && mv "$tmp" "$CONF_DIR/slurm.conf"
+    chmod 644 "$tmp"
+    cmp -s "$tmp" "$CONF_DIR/slurm.conf" || CONF_CHANGED=1
+    mv "$tmp" "$CONF_DIR/slurm.conf"
     printf 'AutoDetect=off\nNodeName=localhost Name=gpu File=%s/dev/nvidia[0-%d]\n' "$STATE" $((NGPUS - 1)) >"$CONF_DIR/gres.conf"
     tmp=$(mktemp "$CONF_DIR/.slurmdbd.conf.XXXXXX")
     cat >"$tmp" <<EOF
@@ -181,12 +186,18 @@ cmd_start() {
     [[ $(id -u) == 0 ]] || die "run as root (writes /etc/slurm, starts system daemons)"
     mkdir -p "$STATE/log"
     install_packages
+    local ctld_was_up=0
+    alive "$STATE/run/slurmctld.pid" && ctld_was_up=1
     write_configs
     start_munge
     start_mariadb
     start_slurmdbd
     start_slurmctld
     start_slurmd
+    if ((CONF_CHANGED)) && ((ctld_was_up)); then
+        log "slurm.conf changed: reconfiguring the running daemons"
+        timeout 30 scontrol reconfigure || die "scontrol reconfigure failed (see $STATE/log/slurmctld.log)"
+    fi
     log "cluster $CLUSTER up: $(timeout 5 sinfo -h -o '%P %D %T %G' | tr '\n' ' ')"
 }
 

@@ -88,7 +88,9 @@ class SlurmQuery:
         want = [j for j in job_ids if j not in self._cache]
         if want and self.available:
             self._cache.update(self._squeue(want))
-            missing = [j for j in want if j not in self._cache]
+            # A job that ended (scancel, time limit) shows as COMPLETING in squeue while its node cleans up;
+            # sacct already knows how it ended.
+            missing = [j for j in want if j not in self._cache or self._cache[j][0] == "COMPLETING"]
             if missing:
                 self._cache.update(self._sacct(missing))
         return {j: self._cache[j] for j in job_ids if j in self._cache}

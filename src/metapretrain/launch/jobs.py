@@ -39,7 +39,7 @@ class JobRecord:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def record_path(run_dir: str | Path, stage: str) -> Path:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -54,7 +56,9 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
     log = paths.log_file(run_dir, stage)
     log.parent.mkdir(parents=True, exist_ok=True)
     launcher = cfg.launch.launcher
-    grace = max(5.0, cfg.launch.slurm.signal_delay_s / 2)
+    # How long the job waits for the stage to checkpoint after the stop signal: half the warning SLURM gives.
+    delay = (slurm.settings_for(cfg.launch.slurm, stage) if launcher == "slurm" else cfg.launch.slurm).signal_delay_s
+    grace = max(5.0, delay / 2)
     job = StageJob(stage=stage, run_dir=str(run_dir), log=str(log), target=target, kwargs=dict(kwargs or {}),
                    launcher=launcher, max_requeues=cfg.launch.max_requeues, grace_s=grace, cwd=os.getcwd(),
                    cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -68,7 +72,7 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
             _run_slurm(job, run_dir, stage, cfg)
         else:
             raise LaunchError(f"unknown launch.launcher '{launcher}' (expected debug, local or slurm)")
-    except LaunchError as exc:
+    except (LaunchError, slurm.SlurmError) as exc:
         _say(f"{stage} of run {run_id} failed: {exc}")
         return 1
     except KeyboardInterrupt:
@@ -103,12 +107,19 @@ def _finish(run_dir: Path, rec: jobs.JobRecord, state: str) -> None:
 
 
 def _failure_text(exc: BaseException) -> str:
-    """The last line of a job's traceback (the exception itself), for a one-line summary."""
+    """The exception line of a job's traceback ("module.Error: message"), for a one-line summary.
+
+    submitit wraps the job's traceback in prose ending with log paths, so take
+    the last line shaped like an exception (or a tool's "sbatch: error: ...").
+    """
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     for line in reversed(lines):
-        if not line.startswith((" ", "\t", "-")) and ":" in line:
+        if _EXCEPTION_LINE.match(line):
             return line.strip()
     return lines[-1].strip() if lines else type(exc).__name__
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S")
 
 
 def _run_debug(job, run_dir: Path, stage: str) -> None:
@@ -168,6 +179,11 @@ def _run_slurm(job, run_dir: Path, stage: str, cfg) -> None:
             _wait_and_check(run_dir, rec, job, settings)
             return
         previous = rec.previous + [rec.job_id]
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise LaunchError(f"launch.launcher is slurm, but {' and '.join(missing)} {verb} not on PATH: run on a "
+                          f"SLURM login node, or set launch.launcher to local")
     folder = submitit_folder(run_dir, stage)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.launch.max_requeues)
     executor.update_parameters(**slurm.executor_parameters(settings, name))

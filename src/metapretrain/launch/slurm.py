@@ -75,17 +75,22 @@ def _squeue_state(job_id: str) -> str | None:
 def job_state(job_id: str) -> str:
     """The job's state (PENDING, RUNNING, COMPLETED, CANCELLED, ...) or UNKNOWN.
 
-    sacct is the authority (it remembers finished jobs); squeue covers the
-    moment before accounting has heard of a new job.
+    The controller (squeue) is the authority while it knows the job: accounting
+    lags behind it (sacct may still say PENDING for a running job). sacct covers
+    finished jobs the controller has forgotten, and a job squeue shows as
+    COMPLETING (ending, e.g. after scancel) whose outcome sacct already knows.
     """
-    state = None
+    state = _squeue_state(job_id)
+    if state is not None and state != "COMPLETING":
+        return state
     try:
-        state = _sacct_state(job_id)
+        recorded = _sacct_state(job_id)
     except SlurmError:
-        if shutil.which("sacct") is None:
+        if state is None and shutil.which("sacct") is None:
             raise
-    if state is None:
-        state = _squeue_state(job_id)
+        recorded = None
+    if recorded is not None and (state is None or recorded in TERMINAL_STATES):
+        return recorded
     return state or UNKNOWN
 
 
@@ -134,7 +139,7 @@ def settings_for(slurm: SlurmSection, stage: str) -> SlurmSection:
     kind = stage_kind(stage)
     overrides = slurm.stages.get(kind) or {}
     where = f"launch.slurm.stages.{kind}"
-    for key, value in overrides.items():
+    for key in overrides:
         if key not in _SETTINGS:
             from metapretrain.config.errors import suggest
 

@@ -1,0 +1,176 @@
+"""The launcher without a cluster: SLURM settings from config, debug and local launches, job records, cancel.
+
+The same code paths on a real SLURM cluster are in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metapretrain import paths
+from metapretrain.config.errors import ConfigError
+from metapretrain.config.load import run_config_from_dict
+from metapretrain.launch import jobs, probe, run, slurm
+from metapretrain.launch.run import _failure_text
+
+PROBE = "metapretrain.launch.probe:count"
+
+
+def cfg(launcher="debug", **slurm_settings):
+    return run_config_from_dict({"model": {"preset": "micro"},
+                                 "launch": {"launcher": launcher, "slurm": slurm_settings}})
+
+
+def test_stage_overrides_apply_to_their_stage_only():
+    s = cfg(time_min=60, gpus_per_node=4, partition="gpu",
+            stages={"finetune": {"time_min": 30, "gpus_per_node": 1}}).launch.slurm
+    ft = slurm.settings_for(s, "finetune/Danish-DDT~head")
+    assert (ft.time_min, ft.gpus_per_node, ft.partition) == (30, 1, "gpu")
+    pre = slurm.settings_for(s, "pretrain")
+    assert (pre.time_min, pre.gpus_per_node) == (60, 4)
+
+
+def test_bad_stage_override_names_the_key():
+    s = cfg(stages={"pretrain": {"time_min": 0}}).launch.slurm
+    with pytest.raises(ConfigError, match=r"launch\.slurm\.stages\.pretrain\.time_min"):
+        slurm.settings_for(s, "pretrain")
+
+
+def test_executor_parameters_carry_every_setting():
+    s = cfg(partition="gpu", account="proj", qos="high", constraint="a100", time_min=90, nodes=2, tasks_per_node=4,
+            gpus_per_node=4, cpus_per_task=8, mem_gb=256, signal_delay_s=120,
+            extra={"mail-type": "END", "exclusive": True}).launch.slurm
+    p = slurm.executor_parameters(s, "exp/run:pretrain")
+    assert p == {"name": "exp/run:pretrain", "timeout_min": 90, "nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8,
+                 "slurm_signal_delay_s": 120, "gpus_per_node": 4, "mem_gb": 256, "slurm_partition": "gpu",
+                 "slurm_account": "proj", "slurm_qos": "high", "slurm_constraint": "a100",
+                 "slurm_additional_parameters": {"mail_type": "END", "exclusive": True}}
+    # no GPUs: no GPU request at all (a cluster without GRES refuses any gres spec)
+    assert "gpus_per_node" not in slurm.executor_parameters(cfg(gpus_per_node=0).launch.slurm, "x")
+
+
+def test_sbatch_script_asks_for_what_config_says(tmp_path):
+    """submitit's own rendering of our parameters: the #SBATCH lines a cluster will see."""
+    import submitit
+
+    s = cfg(partition="gpu", account="proj", gpus_per_node=2, time_min=90, signal_delay_s=120,
+            extra={"mail-type": "END"}).launch.slurm
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(**slurm.executor_parameters(s, "exp/run:pretrain"))
+    script = executor._executor._make_submission_file_text("true", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --time=90", "#SBATCH --signal=USR2@120", "#SBATCH --mail-type=END",
+                 "#SBATCH --job-name=exp/run:pretrain"):
+        assert line in script, line
+
+
+def test_model_size_gets_its_own_resources_through_a_zip_group():
+    """Per-size SLURM settings are grid values: a large run asks for more than a tiny one."""
+    from metapretrain.grid import load_experiment
+
+    exp = load_experiment(data={"experiment": "z", "defaults": {"launch": {"launcher": "slurm"}}, "zip": {"size": {
+        "model.preset": ["tiny", "large"], "launch.slurm.time_min": [60, 1800],
+        "launch.slurm.stages.pretrain.gpus_per_node": [1, 4]}}})
+    got = {r.config["model"]["preset"]: slurm.settings_for(r.typed.launch.slurm, "pretrain") for r in exp.runs}
+    assert (got["tiny"].time_min, got["tiny"].gpus_per_node) == (60, 1)
+    assert (got["large"].time_min, got["large"].gpus_per_node) == (1800, 4)
+    ft = slurm.settings_for(exp.runs[1].typed.launch.slurm, "finetune/Danish-DDT~head")
+    assert ft.gpus_per_node == 1  # the pretrain-only override stays with pretrain
+
+
+def test_debug_launch_runs_in_process_and_records_the_job(tmp_path):
+    assert run.run_stage("pretrain", tmp_path, cfg("debug"), PROBE,
+                         {"state_file": str(tmp_path / "s.json"), "steps": 3, "step_s": 0}) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["digest"] == probe.expected_digest(3)
+    rec = jobs.read_record(tmp_path, "pretrain")
+    assert rec.launcher == "debug" and rec.state == "COMPLETED" and rec.job_name == f"{tmp_path.name}:pretrain"
+    assert paths.log_file(tmp_path, "pretrain").read_text().startswith("===== pretrain attempt 1 | in-process")
+
+
+def test_local_launch_resumes_and_reports_failures_in_one_line(tmp_path, capfd):
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps({"step": 2, "digest": probe.expected_digest(2), "attempts": []}))
+    assert run.run_stage("finetune/X~head", tmp_path, cfg("local"), PROBE,
+                         {"state_file": str(state), "steps": 4, "step_s": 0}) == 0
+    final = json.loads(state.read_text())
+    assert final["digest"] == probe.expected_digest(4) and final["attempts"][0]["start_step"] == 2
+    log = paths.log_file(tmp_path, "finetune/X~head")
+    assert log.parent.name == "finetune" and "local job" in log.read_text().splitlines()[0]
+
+    state.write_text("{not json")
+    assert run.run_stage("finetune/X~head", tmp_path, cfg("local"), PROBE,
+                         {"state_file": str(state), "steps": 4, "step_s": 0}) == 1
+    err = capfd.readouterr().err
+    assert "failed: local job" in err and "JSONDecodeError" in err and str(log) in err
+    assert jobs.read_record(tmp_path, "finetune/X~head").state == "FAILED"
+
+
+def test_bad_target_is_refused_before_launch(tmp_path):
+    with pytest.raises(ValueError, match="package.module:function"):
+        run.run_stage("pretrain", tmp_path, cfg(), "metapretrain.launch.probe.count")
+    with pytest.raises(ValueError, match="not importable"):
+        run.run_stage("pretrain", tmp_path, cfg(), "metapretrain.nope:count")
+
+
+def test_failure_text_picks_the_exception_line():
+    wrapped = RuntimeError("Job (task=0) failed during processing with trace:\n----\nTraceback (most recent call "
+                           "last):\n  File \"x.py\", line 1, in f\nmod.SomeError: it broke: badly\n----\n"
+                           "You can check full logs with 'job.stderr(0)' or at paths:\n  - /x.err\n")
+    assert _failure_text(wrapped) == "mod.SomeError: it broke: badly"
+    assert _failure_text(RuntimeError("sbatch: error: Invalid partition name specified")) == \
+        "sbatch: error: Invalid partition name specified"
+
+
+def test_unreadable_job_record_is_ignored_with_a_warning(tmp_path, capsys):
+    path = jobs.record_path(tmp_path, "pretrain")
+    path.parent.mkdir(parents=True)
+    path.write_text("{broken")
+    assert jobs.read_record(tmp_path, "pretrain") is None
+    assert "ignoring unreadable job record" in capsys.readouterr().err
+
+
+def test_job_name_is_experiment_run_and_stage(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "method~fomaml", "experiment": "demo"}))
+    assert jobs.job_name(tmp_path, "pretrain") == "demo/method~fomaml:pretrain"
+
+
+def test_cancel_without_slurm_says_so(tmp_path, monkeypatch, capsys):
+    from metapretrain.launch.cancel import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue/sacct/scancel
+    monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path / "results"))
+    (tmp_path / "e.yaml").write_text("experiment: c\ngrid: {seed: [1, 2]}\n")
+    assert main([str(tmp_path / "e.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot query SLURM" in err and "'squeue' is not on PATH" in err
+
+
+def test_slurm_profile_is_where_snakemake_looks_and_selects_slurm():
+    """`snakemake --profile slurm` from the repo root reads ./slurm/config.yaml; it must switch the launcher."""
+    import yaml
+
+    from metapretrain.grid import overrides_from_snakemake
+
+    repo = Path(__file__).resolve().parents[1]
+    profile = yaml.safe_load((repo / "slurm" / "config.yaml").read_text())
+    entries = dict(item.split("=", 1) for item in profile["config"])
+    overrides, _ = overrides_from_snakemake(entries)
+    assert overrides["launch.launcher"] == "slurm"
+    assert profile["rerun-incomplete"] is True and profile["latency-wait"] >= 30 and profile["cores"] >= 4
+    # Stages submit from the driver's node: no executor plugin that would run rules themselves as SLURM jobs.
+    assert "executor" not in profile
+
+
+def test_slurm_launch_without_slurm_fails_in_one_line(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch, squeue, sacct
+    kwargs = {"state_file": str(tmp_path / "s.json"), "steps": 1, "step_s": 0}
+    assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
+    assert "launch.launcher is slurm, but sbatch and srun are not on PATH" in capfd.readouterr().err
+    # with a job recorded by an earlier driver, the state query fails just as clearly
+    jobs.write_record(tmp_path, jobs.JobRecord(stage="pretrain", run_id="r", experiment=None, job_name="r:pretrain",
+                                               launcher="slurm", job_id="7", folder=str(tmp_path), submitted_at=""))
+    assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
+    assert "pretrain of run" in (err := capfd.readouterr().err) and "'squeue' is not on PATH" in err
