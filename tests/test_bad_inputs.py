@@ -112,6 +112,194 @@ def test_bad_corpus(tmp_path, results, case, name, data, needle):
     assert snapshot(results) == before
 
 
+GOOD_UNER = "# sent_id = s1\n1\tAnna\tB-PER\t-\tx\n2\tbor\tO\t-\t-\n3\ti\tO\t-\t-\n4\tParis\tB-LOC\t-\tx\n\n"
+
+# (case id, file contents, expected line or None, expected substring, extra `uner stats` options)
+UNER_CASES = [
+    ("uner-4-columns", "1\tA\tO\t-\n\n", 1, "expected 5 tab-separated columns, found 4", []),
+    ("uner-6-columns", "1\tA\tO\t-\t-\n2\tB\tO\t-\t-\t-\n\n", 2, "found 6", []),
+    ("uner-space-separated", "1 A O - -\n\n", 1, "found 1", []),
+    ("uner-id-gap", "1\tA\tO\t-\t-\n3\tB\tO\t-\t-\n\n", 2, "token id '3' does not follow", []),
+    ("uner-id-not-from-1", "# text = a\n2\tA\tO\t-\t-\n\n", 2, "token id '2'", []),
+    ("uner-unknown-tag", "1\tA\tO\t-\t-\n2\tB\tB-PERSON1\t-\t-\n\n", 2, "unknown tag 'B-PERSON1'", []),
+    ("uner-bad-prefix", "1\tA\tO\t-\t-\n2\tB\tX-PER\t-\t-\n\n", 2, "unknown tag 'X-PER'", []),
+    ("uner-comment-in-sentence", "1\tA\tO\t-\t-\n# text = b\n\n", 2, "comment line inside a sentence", []),
+    ("uner-no-final-blank", "1\tA\tO\t-\t-\n\n1\tB\tO\t-\t-\n", 3, "not followed by a blank line", []),
+    ("uner-no-final-newline", "1\tA\tO\t-\t-\n\n1\tB\tO\t-\t-", 3, "no newline at the end", []),
+    ("uner-broken-iob2", "1\tA\tO\t-\t-\n2\tB\tI-PER\t-\t-\n\n", 2, "I-PER after O breaks IOB2",
+     ["--invalid-transition", "error"]),
+    ("uner-bad-utf8", b"1\tna\xefve\tO\t-\t-\n\n", None, "not UTF-8", []),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "line", "needle", "opts"), UNER_CASES, ids=[c[0] for c in UNER_CASES])
+def test_bad_uner_file(tmp_path, results, case, text, line, needle, opts):
+    before = snapshot(results)
+    uner = tmp_path / "uner"
+    (uner / "Danish-DDT").mkdir(parents=True)
+    (uner / "Danish-DDT" / "da_ddt-ud-train.iob2").write_text(GOOD_UNER)
+    bad = uner / "Danish-DDT" / "da_ddt-ud-test.iob2"
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    proc = run_cli(["uner", "stats", str(uner), *opts], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    prefix = f"{bad}:{line}: " if line is not None else f"{bad}: "
+    assert prefix in proc.stderr and needle in proc.stderr, proc.stderr
+    assert snapshot(results) == before
+
+
+# ------------------------------------------------------------------------ stages over results/
+TINY_RUN = {
+    "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+              "max_seq_len": 64},
+    "train": {"budget": {"unit": "steps", "value": 2}, "batch_size": 2, "seq_len": 16, "eval_batches": 1,
+              "checkpoint": {"every": 1, "log_spaced": 0, "export_hf": "none"}},
+    "finetune": {"max_train_sentences": 8, "max_eval_sentences": 8, "epochs": 1},
+    "launch": {"launcher": "debug"},
+    "wandb": {"mode": "disabled"},
+}
+
+
+def write_run(run: Path, over: dict | None = None) -> Path:
+    import json
+
+    import yaml
+
+    from metapretrain.config.load import run_config_from_dict
+
+    raw = {**TINY_RUN, **(over or {})}
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(run_config_from_dict(raw).to_dict(), sort_keys=True))
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "experiment": "bad", "hash": "0", "axes": {}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenized_dir):
+    """A tiny finished pretrain run (checkpoints 0, 1, 2), trained in-process once and copied per test."""
+    from metapretrain.train.stage import train_run
+
+    run = write_run(tmp_path_factory.mktemp("trained") / "seed~2")
+    train_run(str(run), str(tokenized_dir))
+    return run
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Files of `before` that changed or went, and new files outside the runs' logs/ (launch records)."""
+    gone = [k for k, v in before.items() if after.get(k) != v]
+    new = [k for k in after.keys() - before.keys() if "/logs/" not in k]
+    return sorted(gone + new)
+
+
+def _resign(ckpt_dir: Path) -> None:
+    """Rewrite a checkpoint's manifest over its current files, as a tampering tool would."""
+    from metapretrain.io import read_json, sha256_file, write_json
+    from metapretrain.train.checkpoint import _manifest_digest
+
+    manifest = read_json(ckpt_dir / "manifest.json")
+    manifest.pop("sha256", None)
+    manifest["files"] = {name: sha256_file(ckpt_dir / name) for name in manifest["files"]}
+    write_json(ckpt_dir / "manifest.json", manifest | {"sha256": _manifest_digest(manifest)})
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious state.pt would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _shape(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    # model.d_model changed after the run was trained (killed before done.json): resuming must refuse.
+    (run / "pretrain" / "done.json").unlink()
+    write_run(run, {"model": {**TINY_RUN["model"], "d_model": 48}})
+    return ["pretrain", "--run-dir", str(run), "--data", str(run.parent.parent / "tokenize" / "kept")], \
+        ["step_00000002/model.safetensors", "embed.weight", "in the file"]
+
+
+def _payload(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    import torch
+
+    (run / "pretrain" / "done.json").unlink()
+    last = run / "pretrain" / "checkpoints" / "step_00000002"
+    torch.save({"format": 1, "optimizer": _Payload(tmp / "pwned")}, last / "state.pt")
+    _resign(last)  # checksums match: only weights_only loading stands between the file and the shell
+    return ["pretrain", "--run-dir", str(run), "--data", str(run.parent.parent / "tokenize" / "kept")], \
+        ["step_00000002/state.pt: cannot be loaded", "Weights only load failed"]
+
+
+def _other_tokenizer(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    import json
+
+    tok = run / "pretrain" / "tokenizer.json"
+    spec = json.loads(tok.read_text())
+    spec["model"]["vocab"]["zzzz-not-in-the-run"] = 100000  # another tokenizer: ids the model never saw
+    tok.write_text(json.dumps(spec))
+    return ["export", "--checkpoint", str(run / "pretrain" / "checkpoints" / "step_00000002"),
+            "--out", str(tmp / "hf")], [f"{tok}: not the tokenizer checkpoint", "step_00000002"]
+
+
+def _other_tokenize_output(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    import json
+
+    (run / "pretrain" / "done.json").unlink()
+    other = tmp / "other_tok"
+    shutil.copytree(run.parent.parent / "tokenize" / "kept", other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    a, b = list(spec["model"]["vocab"])[300:302]  # same size, two ids swapped: silently wrong text if accepted
+    spec["model"]["vocab"][a], spec["model"]["vocab"][b] = spec["model"]["vocab"][b], spec["model"]["vocab"][a]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    return ["pretrain", "--run-dir", str(run), "--data", str(other)], \
+        [f"{other / 'tokenizer.json'}: not the tokenizer this run was trained with", str(run / "pretrain")]
+
+
+def _bitflip(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    f = run / "pretrain" / "checkpoints" / "step_00000002" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+    return ["export", "--checkpoint", str(f.parent), "--out", str(tmp / "hf")], [f"{f}: checksum mismatch"]
+
+
+def _incomplete(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    d = run / "pretrain" / "checkpoints" / "step_00000002"
+    (d / "manifest.json").unlink()  # a write killed before its manifest (only possible by hand: writes are atomic)
+    return ["export", "--checkpoint", str(d), "--out", str(tmp / "hf")], [f"{d}: incomplete checkpoint (no manifest.json)"]
+
+
+def _renamed(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    ck = run / "pretrain" / "checkpoints"
+    shutil.rmtree(ck / "step_00000001")
+    (ck / "step_00000002").rename(ck / "step_00000001")  # a hand-renamed directory: its manifest says step 2
+    return ["export", "--checkpoint", str(ck / "step_00000001"), "--out", str(tmp / "hf")], \
+        [f"{ck / 'step_00000001' / 'manifest.json'}: step 2 does not match the directory name"]
+
+
+CHECKPOINT_CASES = [("ckpt-wrong-model-shape", _shape), ("ckpt-pickled-code-payload", _payload),
+                    ("ckpt-other-tokenizer", _other_tokenizer), ("ckpt-other-tokenize-output", _other_tokenize_output),
+                    ("ckpt-bit-flipped", _bitflip),
+                    ("ckpt-incomplete", _incomplete), ("ckpt-renamed", _renamed)]
+
+
+@pytest.mark.parametrize(("case", "damage"), CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
+def test_bad_checkpoint(tmp_path, results, trained, case, damage):
+    run = results / "bad" / "runs" / "seed~2"
+    shutil.copytree(trained, run)
+    args, needles = damage(run, tmp_path)
+    before = snapshot(results)
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-3000:]
+    assert changed(before, snapshot(results)) == []
+    assert not (tmp_path / "pwned").exists()  # the payload never ran
+    assert not (tmp_path / "hf").exists()
+
+
 def test_case_count():
-    """The suite keeps at least 30 bad-input cases (config + corpus here; UNER and checkpoints in their tests)."""
-    assert len(CONFIG_CASES) + len(CORPUS_CASES) >= 27
+    """The suite keeps at least 30 bad-input cases across configs, corpora, UNER files and checkpoints."""
+    n = len(CONFIG_CASES) + len(CORPUS_CASES) + len(UNER_CASES) + len(CHECKPOINT_CASES)
+    assert n >= 30
+    print(f"\nBAD INPUTS tried: {n}")

@@ -1,6 +1,8 @@
 """`metapretrain doctor <config>`: incomplete, changed and orphaned runs of an experiment.
 
-* incomplete: a grid run with a stage that has no `done.json` yet;
+* incomplete: a grid run with a stage that has no `done.json` yet, or whose `done.json`
+  no longer vouches for its outputs (a listed output is missing or its sha256 changed:
+  state `damaged`);
 * changed: a run directory whose recorded hash (run.json) differs from the run's
   current resolved config, i.e. the YAML changed after it ran (Snakemake will rerun it);
 * orphaned: a run directory under results/<experiment>/runs/ that no grid run claims.
@@ -28,15 +30,51 @@ def find_run_dirs(exp_name: str) -> dict[str, Path]:
     return out
 
 
+def stage_dir(exp_name: str, run, stage: str) -> Path:
+    """The directory holding a stage's done.json, for the stage names `metapretrain status` uses."""
+    rd = paths.run_dir(exp_name, run.run_id)
+    if stage == "tokenize":
+        return paths.tokenize_dir(exp_name, run.tok_id)
+    if stage == "pretrain":
+        return paths.pretrain_dir(rd)
+    if stage == "dynamics":
+        return paths.dynamics_dir(rd)
+    train_set, _, regime = stage.removeprefix("finetune:").rpartition("~")
+    return paths.finetune_dir(rd, train_set, regime)
+
+
+def done_problem(directory: Path) -> str | None:
+    """Why `directory/done.json` does not vouch for the outputs it lists; None when every sha256 matches."""
+    from metapretrain.io import read_json, sha256_file
+
+    done = directory / "done.json"
+    try:
+        outputs = read_json(done).get("outputs", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{done}: unreadable ({type(exc).__name__}: {exc})"
+    for rel, digest in sorted(outputs.items()):
+        f = directory / rel
+        if not f.is_file():
+            return f"{f}: listed in {done} but missing"
+        if sha256_file(f) != digest:
+            return f"{f}: changed since {done} was written (sha256 differs)"
+    return None
+
+
 def diagnose(exp) -> dict[str, list[dict]]:
     from metapretrain.status import collect
 
     on_disk = find_run_dirs(exp.name)
     report: dict[str, list[dict]] = {"incomplete": [], "changed": [], "orphaned": []}
+    grid = {r.run_id: r for r in exp.runs}
     for row in collect(exp):
         if row.state != "done":
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": row.state, "log": row.log})
-    grid = {r.run_id: r for r in exp.runs}
+            continue
+        problem = done_problem(stage_dir(exp.name, grid[row.run_id], row.stage))
+        if problem:
+            report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": "damaged",
+                                         "log": row.log, "detail": problem})
     for run_id, directory in sorted(on_disk.items()):
         if run_id not in grid:
             report["orphaned"].append({"run_id": run_id, "path": str(directory)})

@@ -288,8 +288,9 @@ def load_model(path: str | Path, device: str = "cpu", verify: bool = True):
     cfg = load_config(path)
     weights = load_tensors(path)
     check_tokenizer(path, weights)
-    model = Decoder(model_config_from_weights(cfg, weights))
-    check_shapes(path / MODEL_FILE, model, weights)
+    model_cfg = model_config_from_weights(cfg, weights)
+    check_shapes(path / MODEL_FILE, model_cfg, weights)
+    model = Decoder(model_cfg)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path / MODEL_FILE}: weights do not match the model config "
@@ -327,9 +328,17 @@ def _tokenizer_size(tokenizer: Path) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def check_shapes(weights_file: Path, model, weights: dict) -> None:
-    """Raise CheckpointError naming the file and the tensors whose shapes differ from `model`'s."""
-    expected = model.state_dict()
+def check_shapes(weights_file: Path, model_cfg, weights: dict) -> None:
+    """Raise CheckpointError naming the file and the tensors whose shapes differ from a Decoder of `model_cfg`.
+
+    The expected shapes come from a model built on the meta device: no memory, no collective under FSDP.
+    """
+    import torch
+
+    from metapretrain.model.decoder import Decoder
+
+    with torch.device("meta"):
+        expected = Decoder(model_cfg).state_dict()
     wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
              for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
@@ -339,7 +348,24 @@ def check_shapes(weights_file: Path, model, weights: dict) -> None:
 
 
 def final_checkpoint(run_dir: str | Path) -> CheckpointInfo:
-    """The last complete checkpoint of a finished run (what finetune and export read)."""
+    """The last complete checkpoint of a finished run (what finetune and export read).
+
+    Once pretrain/done.json names the final step, exactly that checkpoint is returned: a damaged one
+    raises instead of an older checkpoint being fine-tuned in its place.
+    """
+    try:
+        final_step = read_json(paths.pretrain_dir(run_dir) / "done.json").get("final_step")
+    except (OSError, ValueError, AttributeError):
+        final_step = None
+    if isinstance(final_step, int):
+        path = paths.checkpoints_dir(run_dir) / paths.checkpoint_name(final_step)
+        try:
+            manifest = verify_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; this is the final checkpoint of a finished run: delete "
+                                  f"{paths.pretrain_dir(run_dir) / 'done.json'} and rerun the pretrain stage to "
+                                  f"recompute it from the previous checkpoint") from None
+        return CheckpointInfo(final_step, int(manifest["tokens"]), float(manifest["flops"]), path)
     info = latest_checkpoint(run_dir)
     if info is None:
         raise CheckpointError(f"{paths.checkpoints_dir(run_dir)}: no complete checkpoint; run the pretrain stage first")

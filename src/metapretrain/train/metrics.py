@@ -59,10 +59,13 @@ class MetricsWriter:
         return kept
 
     def write(self, record: dict) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across records
-        self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n")
-        self._fh.flush()
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across records
+            self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. a full disk: the bare OSError would not say which file
+            raise OSError(exc.errno, f"{self.path}: cannot append a metrics record ({exc.strerror or exc})") from exc
 
     def close(self) -> None:
         if self._fh is not None:
