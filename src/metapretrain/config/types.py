@@ -114,6 +114,11 @@ class CheckpointSection(_Section):
 
 
 @dataclass(frozen=True)
+class DistributedSection(_Section):
+    strategy: str
+
+
+@dataclass(frozen=True)
 class TrainSection(_Section):
     budget: BudgetSection
     batch_size: int
@@ -141,6 +146,7 @@ class TrainSection(_Section):
     progress_every_s: float
     on_nonfinite: str
     checkpoint: CheckpointSection
+    distributed: DistributedSection
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ class EpisodicLearner(StepKind):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden state at the masked (last) position, fp32 [B, d]."""
         with self.ctx.autocast():
-            h = self.backbone.hidden(x.to(self.ctx.device, non_blocking=True))
+            # Through forward, not .hidden: FSDP's hooks must gather the sharded parameters.
+            h = self.backbone(x.to(self.ctx.device, non_blocking=True), output="hidden")
         return h[:, -1].float()
 
     def head_params(self) -> dict[str, torch.Tensor]:

@@ -146,8 +146,18 @@ class Decoder(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_logits(self.hidden(input_ids))
+    def forward(self, input_ids: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        """Logits [B, T, V], or with `output="hidden"` the final hidden states [B, T, d].
+
+        Callers that need hidden states from a wrapped model (FSDP) go through
+        forward, whose hooks gather the sharded parameters; `hidden` would not.
+        """
+        h = self.hidden(input_ids)
+        if output == "hidden":
+            return h
+        if output != "logits":
+            raise ValueError(f"Decoder.forward output={output!r}; expected 'logits' or 'hidden'")
+        return self.lm_logits(h)
 
     def num_parameters(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -5,6 +5,11 @@ The training split is cut into windows of `seq_len + 1` tokens starting every
 target exactly once per epoch). Each epoch visits the windows in a
 permutation seeded by (seed, epoch); the position (epoch, index) is the whole
 state, so a resumed run draws exactly the batches the uninterrupted run would.
+
+Distributed (`rank`, `world`): `batch_size` stays the global batch; every
+rank walks the same global order and keeps rows rank, rank + world, ... of
+each global batch, so the ranks read disjoint windows that together are the
+single-process batch, and the (global) position restores every rank.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ def num_windows(n_tokens: int, seq_len: int) -> int:
 
 
 class TokenBatches:
-    """`next() -> LongTensor[batch_size, seq_len + 1]` (CPU), in a deterministic shuffled order."""
+    """`next() -> LongTensor[batch_size // world, seq_len + 1]` (CPU), in a deterministic shuffled order."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, name: str = "train"):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, name: str = "train",
+                 rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size={batch_size} (the global batch) is not divisible by the world size "
+                             f"{world}")
         self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+        self.rank, self.world = rank, world
         self.n = num_windows(len(tokens), seq_len)
         if self.n == 0:
             raise DataTooSmallError(f"the {name} split has {len(tokens)} tokens, fewer than one sequence of "
@@ -42,11 +52,12 @@ class TokenBatches:
 
     def next(self) -> torch.Tensor:
         rows = []
-        for _ in range(self.batch_size):
+        for i in range(self.batch_size):
             if self.index == self.n:
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._permutation(self.epoch)
-            rows.append(self._window(self._order[self.index]))
+            if i % self.world == self.rank:
+                rows.append(self._window(self._order[self.index]))
             self.index += 1
         return torch.from_numpy(np.stack(rows))
 

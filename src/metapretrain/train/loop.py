@@ -10,10 +10,16 @@ Resume: the newest verified checkpoint restores model, optimizer, step-kind
 states and modules, data position, every RNG and the counters; metrics.jsonl
 is cut back to that step. On CPU the continued run is bit-identical to an
 uninterrupted one.
+
+Several processes (torchrun, multi-task SLURM jobs): `Distributed`
+(train/distributed.py) wraps the model (DDP or FSDP2), splits each global
+batch over the ranks, synchronises gradients once per update and averages the
+logged values; rank 0 alone writes metrics and checkpoints.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections import defaultdict
@@ -27,7 +33,7 @@ from metapretrain.data.shards import open_split, read_manifest
 from metapretrain.launch import preemption
 from metapretrain.progress import Progress
 from metapretrain.train import checkpoint as ckpt
-from metapretrain.train import runtime, schedule
+from metapretrain.train import distributed, runtime, schedule
 from metapretrain.train.batches import TokenBatches, fixed_batches
 from metapretrain.train.metrics import MetricsWriter, WandbLogger
 from metapretrain.train.optim import build_optimizer, set_lr
@@ -60,11 +66,14 @@ def checkpoint_steps(train, final_step: int | None = None) -> set[int]:
 
 
 class Trainer:
-    def __init__(self, run_dir: str | Path, data_dir: str | Path, cfg, *, run_id: str, experiment: str | None):
+    def __init__(self, run_dir: str | Path, data_dir: str | Path, cfg, *, run_id: str, experiment: str | None,
+                 dist: distributed.Distributed | None = None):
         self.run_dir, self.data_dir, self.cfg = Path(run_dir), Path(data_dir), cfg
         self.run_id, self.experiment = run_id, experiment
         t = cfg.train
-        self.device = runtime.resolve_device(t.device)
+        # One process unless train_run joined a process group (train/distributed.py).
+        self.dist = dist or distributed.Distributed()
+        self.device = distributed.init_device(self.dist.env, runtime.resolve_device(t.device))
         self.precision = runtime.resolve_precision(t.precision, self.device)
         runtime.configure_backends(self.device, t.tf32)
         manifest = read_manifest(data_dir)
@@ -82,9 +91,12 @@ class Trainer:
         self.model.activation_checkpointing = t.activation_checkpointing
         planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
         self.compile = runtime.use_compile(t.compile, self.device, planned)
-        self.compiled = torch.compile(self.model) if self.compile else self.model
+        # DDP wraps the model; FSDP shards it in place (so the optimizer below sees the sharded parameters).
+        wrapped = self.dist.wrap(self.model, self.device)
+        self.compiled = torch.compile(wrapped) if self.compile else wrapped
         train_tokens = open_split(data_dir, "train")
-        self.batches = TokenBatches(train_tokens, t.batch_size, t.seq_len, cfg.seed)
+        self.batches = TokenBatches(train_tokens, t.batch_size, t.seq_len, cfg.seed,
+                                    rank=self.dist.rank, world=self.dist.world)
         self.val_batches = fixed_batches(open_split(data_dir, "val"), t.batch_size, t.seq_len, t.eval_batches)
         self.autocast = runtime.autocast_factory(self.precision, self.device)
         tokenizer = paths.pretrain_dir(run_dir) / "tokenizer.json"
@@ -98,6 +110,8 @@ class Trainer:
             for module in kind.modules().values():
                 module.to(self.device)
         extra = [p for kind in self.kinds.values() for p in kind.parameters()]
+        self.extra_params = extra
+        self.model_params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, extra, t, self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.flops_per_token = self.model.flops_per_token(t.seq_len)
@@ -114,7 +128,7 @@ class Trainer:
         return {name: m for kind in self.kinds.values() for name, m in kind.modules().items()}
 
     def state(self) -> dict:
-        return {"format": STATE_FORMAT, "optimizer": self.optimizer.state_dict(),
+        return {"format": STATE_FORMAT, "optimizer": self.dist.optimizer_state(self.model, self.optimizer),
                 "schedule": self.schedule.state_dict(),
                 "kinds": {name: kind.state_dict() for name, kind in self.kinds.items()},
                 "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters)}
@@ -123,9 +137,14 @@ class Trainer:
         """Load the newest verified checkpoint, if any; cut metrics.jsonl back to it."""
         info = ckpt.latest_checkpoint(self.run_dir)
         if info is None:
-            self.metrics.truncate_to(None)
+            if self.dist.is_main:
+                self.metrics.truncate_to(None)
             return None
-        missing, unexpected = self.model.load_state_dict(ckpt.load_tensors(info.path), strict=False)
+        weights = ckpt.load_tensors(info.path)
+        # A config or tokenizer changed after the run started must stop here, naming the checkpoint.
+        ckpt.check_tokenizer(info.path, weights)
+        ckpt.check_shapes(info.path / ckpt.MODEL_FILE, self.model_cfg, weights)
+        missing, unexpected = self.dist.load_model_state(self.model, weights)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"{info.path}: weights do not match the model (missing {missing[:5]}, "
                                        f"unexpected {unexpected[:5]})")
@@ -135,7 +154,7 @@ class Trainer:
                 raise ckpt.CheckpointError(f"{info.path}: no weights for step-kind module {name!r}")
             module.load_state_dict(saved_modules[name])
         state = ckpt.load_state(info.path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
         for name, kind in self.kinds.items():
             kind.load_state_dict(state["kinds"].get(name, {}))
@@ -143,21 +162,32 @@ class Trainer:
         runtime.set_rng_state(state["rng"])
         self.counters = Counters(**state["counters"])
         self.last_checkpoint = self.counters.step
-        self.metrics.truncate_to(info.step)
+        if self.dist.is_main:
+            self.metrics.truncate_to(info.step)
         print(f"pretrain: resuming from {info.path.name} (step {info.step}, {info.tokens:,} tokens)", flush=True)
         return info
 
     def save(self) -> ckpt.CheckpointInfo:
-        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise NonFiniteError(f"refusing to checkpoint step {self.counters.step}: non-finite weights in "
-                                 f"{', '.join(bad[:5])}")
-        info = ckpt.save_checkpoint(self.run_dir, self.counters.step, model=self.model, state=self.state(),
-                                    config=self.cfg.to_dict(), tokens=self.counters.tokens,
-                                    flops=self.counters.flops, modules=self.modules() or None)
+        # Collective under FSDP (every rank gathers), so every rank calls it; only rank 0 writes.
+        weights, state = self.dist.model_state(self.model), self.state()
+
+        def write() -> ckpt.CheckpointInfo:
+            bad = [n for n, w in weights.items() if not torch.isfinite(w).all()]
+            if bad:
+                raise NonFiniteError(f"refusing to checkpoint step {self.counters.step}: non-finite weights in "
+                                     f"{', '.join(bad[:5])}")
+            info = ckpt.save_checkpoint(self.run_dir, self.counters.step, model=_Weights(weights), state=state,
+                                        config=self.cfg.to_dict(), tokens=self.counters.tokens,
+                                        flops=self.counters.flops, modules=self.modules() or None)
+            self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
+            self._prune()
+            return info
+
+        info = self.dist.on_main(write, f"write checkpoint step {self.counters.step}")
         self.last_checkpoint = self.counters.step
-        self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
-        self._prune()
+        if info is None:  # not rank 0
+            path = paths.checkpoints_dir(self.run_dir) / paths.checkpoint_name(self.counters.step)
+            info = ckpt.CheckpointInfo(self.counters.step, self.counters.tokens, self.counters.flops, path)
         return info
 
     def _prune(self) -> None:
@@ -171,6 +201,8 @@ class Trainer:
     def record(self, kind: str, **fields) -> dict:
         c = self.counters
         rec = {"kind": kind, "step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3), **fields}
+        if not self.dist.is_main:  # every rank holds the same (all-reduced) values; one writes them
+            return rec
         self.metrics.write(rec)
         if self.wandb is not None and kind in ("train", "eval"):
             self.wandb.log(rec)
@@ -203,10 +235,14 @@ class Trainer:
         nt_losses, other_losses, meta_metrics = [], [], defaultdict(list)
         counts = {"next_token": 0, "meta": 0}
         tokens, flops = 0, 0.0
+        name = "next_token"
         for micro in range(t.grad_accum):
             u, gen_seed = runtime.micro_seeds(self.cfg.seed, c.step, micro)
             name = "meta" if "meta" in self.kinds and u < self.cfg.meta.hybrid_ratio else "next_token"
-            out = self.kinds[name].run(scale=1.0 / t.grad_accum, gen=torch.Generator().manual_seed(gen_seed))
+            # Every rank draws the same kind; each samples its own episode (distributed.episode_seed).
+            gen = torch.Generator().manual_seed(distributed.episode_seed(gen_seed, self.dist.rank))
+            with self.dist.micro_step(final=micro == t.grad_accum - 1, kind=name):
+                out = self.kinds[name].run(scale=1.0 / t.grad_accum, gen=gen)
             counts[name] += 1
             tokens += int(out.tokens)
             flops += float(out.flops)
@@ -214,7 +250,18 @@ class Trainer:
             if name == "meta":
                 for key, value in out.metrics.items():
                     meta_metrics[key if key.startswith("meta/") else f"meta/{key}"].append(float(value))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip or math.inf))
+        self.dist.sync_grads(self.model_params, self.extra_params, last_kind=name)
+        if self.dist.active:  # global tokens and FLOPs, rank-averaged losses and metrics: one all-reduce
+            keys = sorted(meta_metrics)
+            flat = nt_losses + other_losses + [v for k in keys for v in meta_metrics[k]]
+            (tokens, flops), flat = self.dist.reduce_scalars([tokens, flops], flat)
+            tokens = int(round(tokens))
+            nt_losses, flat = flat[:len(nt_losses)], flat[len(nt_losses):]
+            other_losses, flat = flat[:len(other_losses)], flat[len(other_losses):]
+            for k in keys:
+                n = len(meta_metrics[k])
+                meta_metrics[k], flat = flat[:n], flat[n:]
+        grad_norm = self.dist.clip_grad_norm(self.params, t.grad_clip or math.inf)
         finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in nt_losses + other_losses)
         if finite:
             self.optimizer.step()
@@ -251,16 +298,18 @@ class Trainer:
         session_start = time.perf_counter()
         wall0 = self.counters.wall
         last_eval = None
+        self.dist.barrier()  # no rank may still be reading checkpoints (resume) while rank 0 writes one
         if self.last_checkpoint is None:  # fresh start: the init state is a checkpoint for the dynamics stage
             last_eval = self.evaluate()
             self.save()
         scheduled = checkpoint_steps(t)
         progress = Progress("pretrain", total=t.budget.value, unit=t.budget.unit, every_s=t.progress_every_s,
-                            formatter=_progress_line)
+                            formatter=_progress_line,
+                            **({} if self.dist.is_main else {"stream": io.StringIO(), "plain": True}))
         with progress:
             progress.update(self.counters.get(t.budget.unit))
             while not self.reached():
-                if preemption.requested():
+                if self.dist.any(preemption.requested()):  # all ranks stop at the same update
                     self.counters.wall = wall0 + time.perf_counter() - session_start
                     if self.last_checkpoint != self.counters.step:
                         self.save()
@@ -289,6 +338,16 @@ class Trainer:
         c = self.counters
         return {"final_step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3),
                 "final_val_loss": last_eval}
+
+
+class _Weights:
+    """A state dict gathered for saving, in the shape `ckpt.save_checkpoint` expects of a model."""
+
+    def __init__(self, weights: dict):
+        self.weights = weights
+
+    def state_dict(self) -> dict:
+        return self.weights
 
 
 def _progress_line(fields: dict) -> str:

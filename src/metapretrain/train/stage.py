@@ -35,6 +35,12 @@ def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no tokenizer; run the tokenize stage first")
     if not dst.is_file() or sha256_file(dst) != sha256_file(src):
+        from metapretrain.train.checkpoint import CheckpointError, list_checkpoints
+
+        if dst.is_file() and list_checkpoints(pretrain_dir.parent):  # never swap the tokenizer under checkpoints
+            raise CheckpointError(f"{src}: not the tokenizer this run was trained with ({dst} differs and "
+                                  f"checkpoints exist); pass the run's own tokenize output as --data, or "
+                                  f"move {pretrain_dir} away to start the run over")
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
     return dst
@@ -43,10 +49,7 @@ def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
 def train_run(run_dir: str, data_dir: str) -> dict:
     """Pretrain one run to its budget, resuming from its last checkpoint; returns the done.json record."""
     from metapretrain.config import load_run_config
-    from metapretrain.launch.jobs import run_identity
-    from metapretrain.train import runtime
-    from metapretrain.train.loop import Trainer
-    from metapretrain.train.metrics import WandbLogger
+    from metapretrain.train import distributed, runtime
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     pre = paths.pretrain_dir(run_dir)
@@ -54,31 +57,55 @@ def train_run(run_dir: str, data_dir: str) -> dict:
         print(f"pretrain: {pre / 'done.json'} is valid; nothing to do", flush=True)
         return read_json(pre / "done.json")
     cfg = load_run_config(paths.resolved_config(run_dir))
+    # One process, or one rank of a torchrun / multi-task SLURM job (train/distributed.py).
+    dist, _ = distributed.setup(cfg, runtime.resolve_device(cfg.train.device))
+    try:
+        return _train(run_dir, data_dir, cfg, dist)
+    finally:
+        dist.close()
+
+
+def _train(run_dir: Path, data_dir: Path, cfg, dist) -> dict:
+    from metapretrain.launch.jobs import run_identity
+    from metapretrain.train import runtime
+    from metapretrain.train.loop import Trainer
+    from metapretrain.train.metrics import WandbLogger
+
+    pre = paths.pretrain_dir(run_dir)
     experiment, run_id = run_identity(run_dir)
     pre.mkdir(parents=True, exist_ok=True)
-    tokenizer = copy_tokenizer(data_dir, pre)
-    trainer = Trainer(run_dir, data_dir, cfg, run_id=run_id, experiment=experiment)
-    print(f"pretrain {run_id}: {cfg.model.preset} model, {trainer.model.num_parameters():,} parameters, "
-          f"device {trainer.device}, precision {trainer.precision}, compile {'on' if trainer.compile else 'off'}, budget {cfg.train.budget.value:g} "
-          f"{cfg.train.budget.unit}", flush=True)
+    tokenizer = pre / "tokenizer.json"
+    dist.on_main(lambda: copy_tokenizer(data_dir, pre), "copy the tokenizer")
+    trainer = Trainer(run_dir, data_dir, cfg, run_id=run_id, experiment=experiment, dist=dist)
+    if dist.active:
+        print(f"pretrain {run_id}: rank {dist.rank} of {dist.world} ({dist.strategy}, {dist.env.source})", flush=True)
+    if dist.is_main:
+        print(f"pretrain {run_id}: {cfg.model.preset} model, {trainer.model.num_parameters():,} parameters, "
+              f"device {trainer.device}, precision {trainer.precision}, compile {'on' if trainer.compile else 'off'}, budget {cfg.train.budget.value:g} "
+              f"{cfg.train.budget.unit}", flush=True)
     trainer.resume()
     # W&B may draw from the global RNGs while it starts; training must not depend on whether it logs.
     rng = runtime.rng_state()
-    trainer.wandb = WandbLogger(mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+    trainer.wandb = WandbLogger(mode=cfg.wandb.mode if dist.is_main else "disabled", project=cfg.wandb.project, entity=cfg.wandb.entity,
                                 run_dir=run_dir, run_id=run_id, experiment=experiment, config=cfg.to_dict())
     runtime.set_rng_state(rng)
     try:
         summary = trainer.run()
     finally:
         trainer.wandb.finish()
-    outputs = [paths.metrics_file(run_dir), tokenizer]
-    final = paths.checkpoints_dir(run_dir) / paths.checkpoint_name(summary["final_step"])
-    outputs.append(final / "manifest.json")
-    outputs += export_checkpoints(run_dir, cfg.train.checkpoint.export_hf, final)
-    write_done(pre, STAGE, run_id, outputs, extra=summary)
-    print(f"pretrain {run_id}: done: {summary['final_step']} steps, {summary['tokens']:,} tokens, "
-          f"{summary['flops']:.3g} FLOPs, {summary['wall']:.1f}s, final val_loss "
-          f"{summary['final_val_loss']:.4f} -> {pre}", flush=True)
+
+    def finish() -> None:  # rank 0 only: the others wait for it and then read its done.json
+        outputs = [paths.metrics_file(run_dir), tokenizer]
+        final = paths.checkpoints_dir(run_dir) / paths.checkpoint_name(summary["final_step"])
+        outputs.append(final / "manifest.json")
+        outputs += export_checkpoints(run_dir, cfg.train.checkpoint.export_hf, final)
+        write_done(pre, STAGE, run_id, outputs, extra=summary)
+
+    dist.on_main(finish, "write the exports and done.json")
+    if dist.is_main:
+        print(f"pretrain {run_id}: done: {summary['final_step']} steps, {summary['tokens']:,} tokens, "
+              f"{summary['flops']:.3g} FLOPs, {summary['wall']:.1f}s, final val_loss "
+              f"{summary['final_val_loss']:.4f} -> {pre}", flush=True)
     return read_json(pre / "done.json")
 
 
