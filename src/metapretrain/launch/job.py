@@ -29,6 +29,16 @@ from submitit.helpers import Checkpointable
 from metapretrain.launch import preemption
 
 
+def _global_rank() -> int:
+    """This task's rank in a multi-task submitit job (0 outside one)."""
+    try:
+        import submitit
+
+        return int(submitit.JobEnvironment().global_rank)
+    except Exception:  # not inside a submitit job, or no rank information
+        return 0
+
+
 class RequeueLimitReached(RuntimeError):
     """The job was asked to stop again after `launch.max_requeues` requeues."""
 
@@ -69,6 +79,10 @@ class StageJob(Checkpointable):
                 raise
             print(f"[launch] {self.stage}: state saved after the stop signal", flush=True)
             self._check_limit()
+            if _global_rank() != 0:
+                # In a multi-task job only rank 0's handler requeues (the whole job); the other
+                # ranks' state is already on disk (rank 0 wrote the checkpoint), so they just end.
+                return None
             guard.hand_over()  # submitit: checkpoint() -> requeue -> exit
             raise RuntimeError("submitit's signal handler returned without requeueing") from None
         finally:
