@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 	$(BIN)/metapretrain status config/config.yaml
 
 # The full suite: unit tests, slow end-to-end tests and, when the local SLURM

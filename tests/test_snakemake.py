@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -79,3 +80,18 @@ def test_shipped_configs_dry_run(tmp_path, name):
     for f in files:
         counts = job_counts(dry_run(tmp_path, "--configfile", str(f)))
         assert counts.get("pretrain", 0) >= 2, f
+
+
+def test_rules_find_the_cli_without_an_activated_environment(tmp_path, data_root):
+    """`.venv/bin/snakemake` run with a PATH that lacks the venv (as `make demo` does) still runs the rules."""
+    (tmp_path / "e.yaml").write_text(
+        "experiment: path\ndefaults:\n  corpus: {max_documents: 2000}\n  tokenizer: {vocab_size: 512}\n"
+        "  finetune: {enabled: false}\n  dynamics: {enabled: false}\n")
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p.rstrip("/") != bin_dir.rstrip("/"))
+    proc = subprocess.run([SNAKEMAKE, "--cores", "1", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                           "--configfile", str(tmp_path / "e.yaml"), "--until", "tokenize"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PATH=path))
+    logs = "".join(p.read_text() for p in (tmp_path / "results").rglob("*.log"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs
+    assert list((tmp_path / "results" / "path" / "tokenize").glob("*/done.json"))

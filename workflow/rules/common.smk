@@ -1,6 +1,8 @@
 # Grid → targets. The experiment file is config/config.yaml unless --configfile
 # names another (it replaces, never merges). `--config 'train={lr: 1.0e-3}'` or
 # `--config set="train.lr=1e-3 launch.slurm.partition=gpu"` overrides `defaults` keys.
+import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -9,6 +11,10 @@ from snakemake.utils import validate
 from metapretrain import paths
 from metapretrain.grid import load_experiment, overrides_from_snakemake
 from metapretrain.grid_cli import write_run_files, write_tokenize_config
+
+# Rules call the `metapretrain` CLI of the environment Snakemake runs in, even when that
+# environment is not activated (e.g. `.venv/bin/snakemake` from `make demo`).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 EXPERIMENT_FILE = str(workflow.config_settings.configfiles[-1]) if workflow.config_settings.configfiles else "config/config.yaml"
 _overrides, _name = overrides_from_snakemake(dict(workflow.config_settings.config))
