@@ -212,11 +212,13 @@ class _Payload:
 
 
 def _shape(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
-    # model.d_model changed after the run was trained (killed before done.json): resuming must refuse.
+    # model.d_model changed after the run was trained (killed before done.json): resuming must refuse,
+    # naming the run's config file, the key and both values.
     (run / "pretrain" / "done.json").unlink()
     write_run(run, {"model": {**TINY_RUN["model"], "d_model": 48}})
     return ["pretrain", "--run-dir", str(run), "--data", str(run.parent.parent / "tokenize" / "kept")], \
-        ["step_00000002/model.safetensors", "embed.weight", "in the file"]
+        ["config.resolved.yaml", "model.d_model", f"{TINY_RUN['model']['d_model']} -> 48",
+         "trained with a different config"]
 
 
 def _payload(run: Path, tmp: Path) -> tuple[list[str], list[str]]:

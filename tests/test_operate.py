@@ -119,3 +119,34 @@ def test_status_shows_a_live_local_run(tmp_path, tok_dir):  # noqa: F811
     finally:
         proc.kill()
         proc.wait(timeout=60)
+
+
+def test_resume_refuses_checkpoints_of_another_config(tmp_path, tok_dir):  # noqa: F811
+    """Editing a training key of a grid keeps the run id: resuming must refuse, not splice two configs."""
+    import yaml
+
+    from metapretrain.config.errors import ConfigError
+    from metapretrain.train.stage import train_run
+
+    run = make_run(tmp_path, "edited", train={"budget": {"value": 4}})
+    train_run(str(run), str(tok_dir))
+    cfg_file = run / "config.resolved.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    before = cfg_file.read_text()
+
+    (run / "pretrain" / "done.json").unlink()  # what Snakemake does before rerunning a changed rule
+    cfg["train"]["lr"] = 1.0e-2
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as info:
+        train_run(str(run), str(tok_dir))
+    assert info.value.key == "train.lr" and "0.003 -> 0.01" in str(info.value) and str(run) in str(info.value)
+    assert not (run / "pretrain" / "done.json").exists()
+
+    # Extending the budget (or changing how it runs) is a legitimate continuation.
+    cfg_file.write_text(before)
+    cfg = yaml.safe_load(before)
+    cfg["train"]["budget"]["value"] = 6
+    cfg["train"]["log_every"] = 2
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    train_run(str(run), str(tok_dir))
+    assert [r["step"] for r in records(run, "train")][-1] == 6

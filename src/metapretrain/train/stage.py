@@ -46,6 +46,59 @@ def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
     return dst
 
 
+# What a run's checkpoints depend on. Keys under these prefixes must not change between the
+# attempts of one run; the exceptions say how a run executes or how long, not what it computes.
+_TRAINING_SECTIONS = ("seed", "corpus", "tokenizer", "model", "train", "meta")
+_MAY_CHANGE = ("train.budget", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress_every_s",
+               "train.checkpoint", "train.device", "train.precision", "train.compile", "train.fused_adamw",
+               "train.tf32", "train.activation_checkpointing", "train.distributed", "train.on_nonfinite")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_config_unchanged(run_dir: Path, cfg) -> None:
+    """Refuse to resume checkpoints trained under a different config (e.g. `train.lr` edited in the grid).
+
+    Run ids come from the grid's axes, so editing a `defaults:` key keeps the run id; resuming the
+    old checkpoints would silently splice two configs into one run.
+    """
+    import yaml
+
+    from metapretrain.config.errors import ConfigError
+    from metapretrain.train import checkpoint as ckpt
+
+    old = None
+    for info in reversed(ckpt.list_checkpoints(run_dir)):  # the checkpoint a resume would use
+        try:
+            ckpt.verify_checkpoint(info.path)
+            old = yaml.safe_load((info.path / ckpt.CONFIG_FILE).read_text(encoding="utf-8")) or {}
+            break
+        except (ckpt.CheckpointError, OSError, yaml.YAMLError):
+            continue  # damaged: the resume reports it and falls back, and so does this check
+    if old is None:
+        return
+    new = cfg.to_dict()
+    before = _flat({k: old.get(k) for k in _TRAINING_SECTIONS if k in old})
+    after = _flat({k: new[k] for k in _TRAINING_SECTIONS})
+    changed = sorted(k for k in set(before) | set(after)
+                     if before.get(k) != after.get(k) and not k.startswith(_MAY_CHANGE))
+    if changed:
+        diffs = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"{run_dir}: its checkpoints were trained with a different config ({diffs}). "
+                          f"Resuming would mix two configs in one run: delete {paths.pretrain_dir(run_dir)} to "
+                          f"retrain it, restore the old values, or give the changed grid another experiment name",
+                          file=str(paths.resolved_config(run_dir)), key=changed[0])
+
+
 def train_run(run_dir: str, data_dir: str) -> dict:
     """Pretrain one run to its budget, resuming from its last checkpoint; returns the done.json record."""
     from metapretrain.config import load_run_config
@@ -57,6 +110,7 @@ def train_run(run_dir: str, data_dir: str) -> dict:
         print(f"pretrain: {pre / 'done.json'} is valid; nothing to do", flush=True)
         return read_json(pre / "done.json")
     cfg = load_run_config(paths.resolved_config(run_dir))
+    check_config_unchanged(run_dir, cfg)
     # One process, or one rank of a torchrun / multi-task SLURM job (train/distributed.py).
     dist, _ = distributed.setup(cfg, runtime.resolve_device(cfg.train.device))
     try:
