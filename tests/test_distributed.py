@@ -242,9 +242,10 @@ def train_losses(run: Path) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_match_one_and_checkpoints_resume_at_world_size_1_and_2(strategy, tokenized_dir, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capfd):
     """2 ranks x batch 2 == 1 rank x batch 4 (loss curve, eval, final weights); the 2-rank checkpoint of step 2
-    resumes on 1 rank and on 2 ranks and reaches the same end."""
+    resumes on 1 rank (consolidated files) and on 2 ranks (FSDP: the torch.distributed.checkpoint shards in
+    dcp/) and reaches the same end."""
     from metapretrain.train.stage import train_run
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -267,10 +268,24 @@ def test_two_ranks_match_one_and_checkpoints_resume_at_world_size_1_and_2(strate
     assert_weights_close(final_weights(two), final_weights(ref))
     assert json.loads((paths.pretrain_dir(two) / "done.json").read_text())["final_step"] == 6
 
+    for info in ckpt.list_checkpoints(two):
+        manifest = ckpt.verify_checkpoint(info.path)  # the shards are in the manifest and verify
+        shards = sorted(n for n in manifest["files"] if n.startswith(f"{ckpt.DCP_DIR}/"))
+        if strategy == "fsdp":  # one file per rank and the metadata
+            assert shards == ["dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"], manifest["files"]
+        else:
+            assert shards == [] and not (info.path / ckpt.DCP_DIR).exists()
+    assert ckpt.has_sharded(ckpt.final_checkpoint(two).path) == (strategy == "fsdp")
+    assert not list(paths.checkpoints_dir(two).glob(".*"))  # no temporary directory left behind
+
+    capfd.readouterr()
     one = resume_copy(two, tmp_path / "resume1", step=2)
     train_run(str(one), str(tokenized_dir))
+    assert "resuming from step_00000002 (step 2, 256 tokens)\n" in capfd.readouterr().out  # consolidated files
     again = resume_copy(two, tmp_path / "resume2", step=2)
     spawn(2, "train", again, tokenized_dir)
+    resumed_from = "256 tokens, shards of dcp/)" if strategy == "fsdp" else "256 tokens)"
+    assert f"resuming from step_00000002 (step 2, {resumed_from}" in capfd.readouterr().out
     for resumed in (one, again):
         assert train_losses(resumed) == pytest.approx(train_losses(ref), rel=1e-5)
         assert_weights_close(final_weights(resumed), final_weights(ref))
@@ -342,3 +357,36 @@ def test_reptile_grads_written_outside_autograd_are_synchronised_by_ddp(tokenize
     got = torch.load(out, weights_only=False)
     assert got["diffs"] == {"grad": 0.0, "weight": 0.0}
     assert sum(r["n_meta"] for r in got["records"]) > 0
+
+
+@pytest.mark.slow
+def test_fsdp_shards_resume_at_another_world_size_and_with_meta_modules(tokenized_dir, tmp_path, capfd):
+    """The dcp/ shards written by 2 FSDP ranks are resharded for 4 ranks (same losses as the uninterrupted run:
+    the global batch is the same); a FOMAML run resumes from its shards (episode head and its optimizer state
+    included) exactly where it stopped."""
+    two = make_run(tmp_path, "two", strategy="fsdp")
+    spawn(2, "train", two, tokenized_dir)
+    four = resume_copy(two, tmp_path / "four", step=2)
+    capfd.readouterr()
+    spawn(4, "train", four, tokenized_dir)
+    assert "(step 2, 256 tokens, shards of dcp/)" in capfd.readouterr().out
+    assert train_losses(four) == pytest.approx(train_losses(two), rel=1e-5)
+    assert_weights_close(final_weights(four), final_weights(two))
+    assert ckpt.verify_checkpoint(ckpt.final_checkpoint(four).path)["files"].keys() >= {
+        f"dcp/__{r}_0.distcp" for r in range(4)}
+
+    meta = make_run(tmp_path, "meta", meta=META, strategy="fsdp")
+    spawn(2, "train", meta, tokenized_dir)
+    again = resume_copy(meta, tmp_path / "meta-again", step=2)
+    capfd.readouterr()
+    spawn(2, "train", again, tokenized_dir)
+    assert "shards of dcp/)" in capfd.readouterr().out
+    def curve(run: Path) -> list[float]:  # an update of meta steps only logs no next-token loss
+        records = [r for r in read_records(paths.metrics_file(run)) if r["kind"] == "train"]
+        return [r.get("loss", r.get("meta/query_loss")) for r in records] + [r["grad_norm"] for r in records]
+
+    assert sum(r["n_meta"] for r in read_records(paths.metrics_file(meta)) if r["kind"] == "train") > 0
+    assert curve(again) == pytest.approx(curve(meta), rel=1e-5)
+    assert_weights_close(final_weights(again), final_weights(meta))
+    assert_weights_close(ckpt.load_modules(ckpt.final_checkpoint(again).path)["episode_head"],
+                         ckpt.load_modules(ckpt.final_checkpoint(meta).path)["episode_head"])

@@ -8,7 +8,11 @@ Layout of `pretrain/checkpoints/step_%08d/` (docs/architecture.md):
 * `state.pt`            optimizer, scheduler, step-kind states, data position, RNG states,
                         counters; plain tensors and containers, loaded with `weights_only=True`
 * `config.resolved.yaml` the run config the checkpoint was trained with
-* `manifest.json`       `{step, tokens, flops, files: {name: sha256}}`, written last
+* `dcp/`                FSDP runs on several processes only: model and optimizer states as
+                        `torch.distributed.checkpoint` shards (one file per rank + `.metadata`),
+                        which a run at any world size under FSDP resumes from
+* `manifest.json`       `{step, tokens, flops, files: {name: sha256}}`, written last; names are
+                        relative paths (`dcp/__0_0.distcp`)
 
 A checkpoint directory is first written under a temporary name and renamed
 into place, so a kill during a write never leaves a directory that looks
@@ -41,6 +45,7 @@ MODEL_FILE = "model.safetensors"
 MODULES_FILE = "modules.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.resolved.yaml"
+DCP_DIR = "dcp"  # FSDP runs: torch.distributed.checkpoint shards of model + optimizer, loadable at any world size
 TOKENIZER_FILE = "tokenizer.json"  # RUN/pretrain/tokenizer.json, next to checkpoints/
 _NAME = re.compile(r"^step_(\d{8})$")
 _FULL_BYTES = 1 << 20  # less free space than this after a failed write: report the disk as full
@@ -59,14 +64,31 @@ class CheckpointInfo:
     path: Path
 
 
+def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """Create the temporary directory checkpoint `step` is written into (then renamed by `save_checkpoint`).
+
+    Under FSDP rank 0 calls this and shares the path, every rank writes its shards under `DCP_DIR`
+    there, and rank 0 finishes the checkpoint with `save_checkpoint(..., tmp=path)`.
+    """
+    root = paths.checkpoints_dir(run_dir)
+    final = root / paths.checkpoint_name(step)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_debris(run_dir)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    except OSError as exc:
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({_describe(exc, root)})") from exc
+
+
 def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, config: dict, tokens: int,
-                    flops: float, modules: dict | None = None) -> CheckpointInfo:
+                    flops: float, modules: dict | None = None, tmp: Path | None = None) -> CheckpointInfo:
     """Write checkpoint `step` atomically and return its info.
 
     `model` is an nn.Module (its state_dict is saved; compile/DDP wrappers are
     unwrapped by the caller), `state` is anything `torch.save` can store with
     `weights_only=True` loading, `config` the resolved run config as a dict,
-    `modules` named extra modules (step-kind heads).
+    `modules` named extra modules (step-kind heads). `tmp`: a directory from `begin_checkpoint` that
+    already holds files (the sharded `DCP_DIR`); they are listed in the manifest too.
     """
     import torch
     import yaml
@@ -74,12 +96,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
 
     root = paths.checkpoints_dir(run_dir)
     final = root / paths.checkpoint_name(step)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_debris(run_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    except OSError as exc:
-        raise CheckpointError(f"{final}: cannot write the checkpoint ({_describe(exc, root)})") from exc
+    if tmp is None:
+        tmp = begin_checkpoint(run_dir, step)
     try:
         save_file(_contiguous(model.state_dict()), str(tmp / MODEL_FILE))
         if modules:
@@ -87,8 +105,10 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
             save_file(_contiguous(flat), str(tmp / MODULES_FILE))
         torch.save(state, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        for p in tmp.iterdir():
+        # Relative POSIX names: top-level files as before, shards as `dcp/<file>`.
+        written = sorted(p for p in tmp.rglob("*") if p.is_file())
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
+        for p in written:
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         body = {"step": step, "tokens": int(tokens), "flops": float(flops), "files": files}
@@ -98,6 +118,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
         write_json(tmp / MANIFEST, body | {"sha256": _manifest_digest(body)})
         if final.exists():  # a checkpoint of the same step from a run that was killed after writing it
             _discard(final)
+        if (tmp / DCP_DIR).is_dir():
+            _fsync_dir(tmp / DCP_DIR)
         os.replace(tmp, final)
         _fsync_dir(root)
     except Exception as exc:  # disk full, I/O error, quota: say where, keep the older checkpoints as they are
@@ -251,6 +273,28 @@ def load_tensors(path: str | Path, name: str = MODEL_FILE) -> dict:
         return load_file(str(f))
     except Exception as exc:
         raise CheckpointError(f"{f}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def load_shapes(path: str | Path, name: str = MODEL_FILE) -> dict:
+    """The tensors of a safetensors file as meta tensors (shapes and dtypes only, nothing read but the header):
+    what `check_shapes` and `check_tokenizer` need when the weights themselves come from `DCP_DIR`."""
+    import torch
+    from safetensors import safe_open
+
+    f = Path(path) / name
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing")
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            names = list(fh.keys())  # safe_open is not iterable
+            return {k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in names}
+    except Exception as exc:
+        raise CheckpointError(f"{f}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def has_sharded(path: str | Path) -> bool:
+    """Whether a checkpoint holds `torch.distributed.checkpoint` shards (written by an FSDP run)."""
+    return (Path(path) / DCP_DIR / ".metadata").is_file()
 
 
 def load_modules(path: str | Path) -> dict[str, dict]:

@@ -57,10 +57,14 @@ Checkpoints keep the consolidated format (docs/architecture.md) for every
 strategy: finetune, dynamics and the HF export read it, and any world size
 resumes from it (the data position is global, the optimizer state is saved
 unsharded and re-sharded on load). Under FSDP the model and optimizer states
-are gathered to CPU on rank 0 at each checkpoint. `torch.distributed.checkpoint`
-(sharded writes by every rank) is not used: the consolidated model file is
-needed at every checkpoint anyway, and checkpoints are written atomically by one
-process (train/checkpoint.py).
+are gathered to CPU on rank 0 at each checkpoint. FSDP on several processes
+also writes a distributed checkpoint, `dcp/` (`torch.distributed.checkpoint`:
+every rank writes its own shards, keyed by parameter name), inside the same
+atomic protocol: rank 0 creates the temporary directory and shares its path,
+all ranks write, a barrier, then rank 0 writes the consolidated files and the
+manifest (which lists the shards) and renames. A resume under FSDP at any
+world size > 1 loads model and optimizer from `dcp/` when present; a single
+process, or DDP, loads the consolidated files.
 """
 
 from __future__ import annotations
@@ -307,6 +311,62 @@ class Distributed:
                      "param_groups": state["param_groups"]}
         optimizer.load_state_dict(state)
 
+    # ------------------------------------------------- sharded checkpoints
+    # Under FSDP on several processes a checkpoint also holds `dcp/`: every rank writes its own shards of the
+    # model and optimizer states with torch.distributed.checkpoint, and resumes under FSDP read them back
+    # resharded to the new world size. Keys are parameter names (get_state_dict), not optimizer indices.
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        return self.active and self.strategy == "fsdp"
+
+    def save_sharded(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, modules: dict,
+                     directory) -> None:
+        """Write this rank's shards of model, step-kind modules and optimizer under `directory` (collective)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        root = _stateful(model, modules)
+        content = {"model": get_model_state_dict(root)}
+        # Before the first update the optimizer has no state; get_optimizer_state_dict would create it with a
+        # zero-gradient step (advancing Adam's step count), so the init checkpoint holds the model only.
+        if optimizer.state:
+            content["optimizer"] = get_optimizer_state_dict(root, optimizer)
+        dcp.save(content, checkpoint_id=str(directory))
+        self.barrier()  # every rank's files are complete before rank 0 lists them in the manifest
+
+    def load_sharded(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, modules: dict,
+                     directory) -> None:
+        """Load model, step-kind modules and optimizer from shards written at any world size (collective)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        root = _stateful(model, modules)
+        saved = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+        # Templates laid out (sharded) like this world; DCP fills them from the shards of the saving world.
+        target = {"model": get_model_state_dict(root)}
+        if any(key.startswith("optimizer.") for key in saved):
+            target["optimizer"] = get_optimizer_state_dict(root, optimizer)
+        dcp.load(target, checkpoint_id=str(directory))
+        set_model_state_dict(root, target["model"])
+        if "optimizer" in target:
+            set_optimizer_state_dict(root, optimizer, target["optimizer"])
+
+    def share(self, value):
+        """Rank 0's `value` on every rank (a path, a small picklable object)."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     # ---------------------------------------------------------- reductions
     def reduce_scalars(self, sums: list[float], means: list[float]) -> tuple[list[float], list[float]]:
         """(sums over ranks, means over ranks) in one all-reduce; every rank must pass the same lengths."""
@@ -374,6 +434,11 @@ def setup(cfg, device: torch.device, environ: dict | None = None) -> tuple[Distr
     d = Distributed(env, strategy)
     d.init_group(device)
     return d, device
+
+
+def _stateful(model: torch.nn.Module, modules: dict) -> torch.nn.Module:
+    """One module holding the decoder and the step-kind modules, so the optimizer's every parameter has a name."""
+    return torch.nn.ModuleDict({"model": model, **modules})
 
 
 def _full(t):

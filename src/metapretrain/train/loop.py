@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -140,11 +141,17 @@ class Trainer:
             if self.dist.is_main:
                 self.metrics.truncate_to(None)
             return None
-        weights = ckpt.load_tensors(info.path)
+        # FSDP on several processes reads its shards (written at any world size); otherwise the full weights.
+        sharded = self.dist.sharded_checkpoints and ckpt.has_sharded(info.path)
+        weights = ckpt.load_shapes(info.path) if sharded else ckpt.load_tensors(info.path)
         # A config or tokenizer changed after the run started must stop here, naming the checkpoint.
         ckpt.check_tokenizer(info.path, weights)
         ckpt.check_shapes(info.path / ckpt.MODEL_FILE, self.model_cfg, weights)
-        missing, unexpected = self.dist.load_model_state(self.model, weights)
+        if sharded:
+            missing = [k for k in self.model.state_dict() if k not in weights]
+            unexpected = [k for k in weights if k not in self.model.state_dict()]
+        else:
+            missing, unexpected = self.dist.load_model_state(self.model, weights)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"{info.path}: weights do not match the model (missing {missing[:5]}, "
                                        f"unexpected {unexpected[:5]})")
@@ -154,7 +161,10 @@ class Trainer:
                 raise ckpt.CheckpointError(f"{info.path}: no weights for step-kind module {name!r}")
             module.load_state_dict(saved_modules[name])
         state = ckpt.load_state(info.path)
-        self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        if sharded:
+            self.dist.load_sharded(self.model, self.optimizer, self.modules(), info.path / ckpt.DCP_DIR)
+        else:
+            self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
         for name, kind in self.kinds.items():
             kind.load_state_dict(state["kinds"].get(name, {}))
@@ -164,21 +174,35 @@ class Trainer:
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
             self.metrics.truncate_to(info.step)
-        print(f"pretrain: resuming from {info.path.name} (step {info.step}, {info.tokens:,} tokens)", flush=True)
+        source = f", shards of {ckpt.DCP_DIR}/" if sharded else ""
+        print(f"pretrain: resuming from {info.path.name} (step {info.step}, {info.tokens:,} tokens{source})",
+              flush=True)
         return info
 
     def save(self) -> ckpt.CheckpointInfo:
         # Collective under FSDP (every rank gathers), so every rank calls it; only rank 0 writes.
         weights, state = self.dist.model_state(self.model), self.state()
+        bad = [n for n, w in weights.items() if not torch.isfinite(w).all()]
+        tmp = None
+        if self.dist.sharded_checkpoints and not bad:
+            # Rank 0 makes the temporary directory; every rank writes its shards into it before rank 0 renames it.
+            step = self.counters.step
+            tmp = self.dist.share(self.dist.on_main(lambda: ckpt.begin_checkpoint(self.run_dir, step),
+                                                    f"create checkpoint step {step}"))
+            try:
+                self.dist.save_sharded(self.model, self.optimizer, self.modules(), tmp / ckpt.DCP_DIR)
+            except BaseException:
+                if self.dist.is_main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
 
         def write() -> ckpt.CheckpointInfo:
-            bad = [n for n, w in weights.items() if not torch.isfinite(w).all()]
             if bad:
                 raise NonFiniteError(f"refusing to checkpoint step {self.counters.step}: non-finite weights in "
                                      f"{', '.join(bad[:5])}")
             info = ckpt.save_checkpoint(self.run_dir, self.counters.step, model=_Weights(weights), state=state,
                                         config=self.cfg.to_dict(), tokens=self.counters.tokens,
-                                        flops=self.counters.flops, modules=self.modules() or None)
+                                        flops=self.counters.flops, modules=self.modules() or None, tmp=tmp)
             self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
             self._prune()
             return info
