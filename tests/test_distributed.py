@@ -301,7 +301,7 @@ def test_meta_steps_stay_in_sync_under_ddp_and_fsdp(tokenized_dir, tmp_path):
         run = make_run(tmp_path, strategy, meta=META, strategy=strategy)
         out = tmp_path / f"{strategy}.pt"
         spawn(2, "check", run, tokenized_dir, out, steps)
-        results[strategy] = torch.load(out, weights_only=False)
+        results[strategy] = torch.load(out, weights_only=True)
     ddp, fsdp = results["ddp"], results["fsdp"]
     assert ddp["diffs"] == {"grad": 0.0, "weight": 0.0}
     assert fsdp["diffs"]["grad"] == 0.0  # the episode head is replicated under FSDP too
@@ -354,7 +354,7 @@ def test_reptile_grads_written_outside_autograd_are_synchronised_by_ddp(tokenize
     run = make_run(tmp_path, "reptile", meta=meta, strategy="ddp")
     out = tmp_path / "reptile.pt"
     spawn(2, "check", run, tokenized_dir, out, 5)
-    got = torch.load(out, weights_only=False)
+    got = torch.load(out, weights_only=True)
     assert got["diffs"] == {"grad": 0.0, "weight": 0.0}
     assert sum(r["n_meta"] for r in got["records"]) > 0
 

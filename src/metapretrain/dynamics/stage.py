@@ -12,7 +12,6 @@ checkpoint is processed first: CKA compares every checkpoint with it. Then
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -154,25 +153,9 @@ def dynamics_run(run_dir: str, data_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metapretrain dynamics", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds config.resolved.yaml)")
-    parser.add_argument("--data", required=True, type=Path, help="the tokenize output directory of this run")
-    args = parser.parse_args(argv)
-    from metapretrain.config import load_run_config
+    from metapretrain.launch.run import run_dir_data_main
 
-    cfg_path = paths.resolved_config(args.run_dir)
-    if not cfg_path.is_file():
-        print(f"metapretrain dynamics: {cfg_path}: no resolved config; materialize the grid first", file=sys.stderr)
-        return 2
-    if not (args.data / "manifest.json").is_file():
-        print(f"metapretrain dynamics: {args.data / 'manifest.json'}: missing; run the tokenize stage first",
-              file=sys.stderr)
-        return 2
-    cfg = load_run_config(cfg_path)
-    from metapretrain.launch.run import run_stage
-
-    return run_stage(stage=STAGE, run_dir=args.run_dir, cfg=cfg, target="metapretrain.dynamics.stage:dynamics_run",
-                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())})
+    return run_dir_data_main(STAGE, "metapretrain.dynamics.stage:dynamics_run", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,32 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
     return 0
 
 
+def run_dir_data_main(stage: str, target: str, description: str, argv: list[str] | None) -> int:
+    """The CLI of a compute stage that reads a run directory and its tokenize output (`--run-dir`, `--data`).
+
+    Checks both inputs with a clear message, then hands `target(run_dir=..., data_dir=...)` to `run_stage`.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"metapretrain {stage}", description=description)
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds config.resolved.yaml)")
+    parser.add_argument("--data", required=True, type=Path, help="the tokenize output directory of this run")
+    args = parser.parse_args(argv)
+    from metapretrain.config import load_run_config
+
+    cfg_path = paths.resolved_config(args.run_dir)
+    if not cfg_path.is_file():
+        print(f"metapretrain {stage}: {cfg_path}: no resolved config; materialize the grid first", file=sys.stderr)
+        return 2
+    if not (args.data / "manifest.json").is_file():
+        print(f"metapretrain {stage}: {args.data / 'manifest.json'}: missing; run the tokenize stage first",
+              file=sys.stderr)
+        return 2
+    cfg = load_run_config(cfg_path)
+    return run_stage(stage=stage, run_dir=args.run_dir, cfg=cfg, target=target,
+                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())})
+
+
 def _check_target(target: str) -> None:
     module, sep, func = target.partition(":")
     if not sep or not module or not func.isidentifier():

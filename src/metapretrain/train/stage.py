@@ -7,7 +7,6 @@ checkpoint, and returns at once when the run's done.json is already valid.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -185,25 +184,9 @@ def export_checkpoints(run_dir: Path, mode: str, final: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metapretrain pretrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds config.resolved.yaml)")
-    parser.add_argument("--data", required=True, type=Path, help="the tokenize output directory of this run")
-    args = parser.parse_args(argv)
-    from metapretrain.config import load_run_config
+    from metapretrain.launch.run import run_dir_data_main
 
-    cfg_path = paths.resolved_config(args.run_dir)
-    if not cfg_path.is_file():
-        print(f"metapretrain pretrain: {cfg_path}: no resolved config; materialize the grid first", file=sys.stderr)
-        return 2
-    if not (args.data / "manifest.json").is_file():
-        print(f"metapretrain pretrain: {args.data / 'manifest.json'}: missing; run the tokenize stage first",
-              file=sys.stderr)
-        return 2
-    cfg = load_run_config(cfg_path)
-    from metapretrain.launch.run import run_stage
-
-    return run_stage(stage=STAGE, run_dir=args.run_dir, cfg=cfg, target="metapretrain.train.stage:train_run",
-                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())})
+    return run_dir_data_main(STAGE, "metapretrain.train.stage:train_run", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
