@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from metapretrain.model.config import ModelConfig
+from metapretrain.model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -146,17 +147,25 @@ class Decoder(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
-    def forward(self, input_ids: torch.Tensor, output: str = "logits") -> torch.Tensor:
-        """Logits [B, T, V], or with `output="hidden"` the final hidden states [B, T, d].
+    def forward(self, input_ids: torch.Tensor, output: str = "logits",
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]; with `output="hidden"` the final hidden states [B, T, d]; with
+        `output="loss"` the mean next-token cross-entropy against `targets` [B, T].
 
-        Callers that need hidden states from a wrapped model (FSDP) go through
-        forward, whose hooks gather the sharded parameters; `hidden` would not.
+        The loss goes through the fused head + cross-entropy (`model.loss`), which never
+        materialises the [B·T, V] logits. Callers that need hidden states or the loss
+        from a wrapped model (DDP, FSDP, torch.compile) go through forward, whose hooks
+        gather sharded parameters; `hidden` would not.
         """
+        if output not in ("logits", "hidden", "loss"):
+            raise ValueError(f"Decoder.forward output={output!r}; expected 'logits', 'hidden' or 'loss'")
+        if (targets is None) == (output == "loss"):
+            raise ValueError("Decoder.forward: targets are given exactly when output='loss'")
         h = self.hidden(input_ids)
         if output == "hidden":
             return h
-        if output != "logits":
-            raise ValueError(f"Decoder.forward output={output!r}; expected 'logits' or 'hidden'")
+        if output == "loss":
+            return linear_cross_entropy(h, self.lm_head.weight, targets)
         return self.lm_logits(h)
 
     def num_parameters(self, embeddings: bool = True) -> int:

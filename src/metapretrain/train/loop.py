@@ -90,8 +90,7 @@ class Trainer:
 
         self.model = Decoder(self.model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
-        planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
-        self.compile = runtime.use_compile(t.compile, self.device, planned)
+        self.compile = runtime.use_compile(t.compile, self.device)
         # DDP wraps the model; FSDP shards it in place (so the optimizer below sees the sharded parameters).
         wrapped = self.dist.wrap(self.model, self.device)
         self.compiled = torch.compile(wrapped) if self.compile else wrapped

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 _STEP_KINDS: dict[str, type[StepKind]] = {}
 
@@ -103,9 +102,8 @@ class StepKind:
 
 
 def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1]."""
-    logits = model(batch[:, :-1])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1] (fused head + loss, see model.loss)."""
+    return model(batch[:, :-1], output="loss", targets=batch[:, 1:])
 
 
 @register_step("next_token")
