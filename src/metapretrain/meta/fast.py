@@ -18,9 +18,10 @@ class LastHidden(nn.Module):
         return self.decoder.hidden(x)[:, -1]
 
 
-def call_at(module: nn.Module, params: dict[str, torch.Tensor], *args):
-    """module(*args) with `params` (a subset of its named parameters) substituted; the module is not modified."""
-    return functional_call(module, params, args, strict=False)
+def call_at(module: nn.Module, params: dict[str, torch.Tensor], *args, **kwargs):
+    """module(*args, **kwargs) with `params` (a subset of its named parameters) substituted; the module is
+    not modified."""
+    return functional_call(module, params, args, kwargs, strict=False)
 
 
 def accumulate_grad(params: dict[str, nn.Parameter], grads: dict[str, torch.Tensor], scale: float) -> None:

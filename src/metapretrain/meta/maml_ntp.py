@@ -22,7 +22,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metapretrain.meta import flops
 from metapretrain.meta.fast import call_at
@@ -100,9 +99,9 @@ class MAMLNextToken(StepKind):
         return torch.from_numpy(rows).to(self.ctx.device, non_blocking=True)
 
     def loss_at(self, params: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        # The fused head + loss (model.loss), first-order like the rest of this inner loop.
         with self.ctx.autocast():
-            logits = call_at(self.model, params, batch[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            return call_at(self.model, params, batch[:, :-1], output="loss", targets=batch[:, 1:])
 
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
         train = self.ctx.cfg.train
