@@ -238,7 +238,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_finetune_stage_evaluates_every_test_set_and_is_resumable(tmp_path, data_root):
+def test_finetune_stage_evaluates_every_test_set_and_is_resumable(tmp_path, data_root, capsys):
     from metapretrain.config.load import load_run_config, write_run_config
     from metapretrain.finetune import stage, table
 
@@ -267,6 +267,14 @@ def test_finetune_stage_evaluates_every_test_set_and_is_resumable(tmp_path, data
     mtime = (out / "results.csv").stat().st_mtime_ns
     assert stage.finetune_run(str(run), "all", "head") == str(out)
     assert (out / "results.csv").stat().st_mtime_ns == mtime
+    # A damaged output (edited by hand) no longer counts as done: the stage warns and runs again,
+    # and the rerun (deterministic) writes the same results back.
+    original = (out / "results.csv").read_bytes()
+    (out / "results.csv").write_bytes(original.replace(b"micro_f1", b"micro_F1", 1))
+    capsys.readouterr()
+    stage.finetune_run(str(run), "all", "head")
+    assert "results.csv: changed since" in capsys.readouterr().out
+    assert (out / "results.csv").read_bytes() == original
     with pytest.raises(ValueError, match="has no train split"):
         stage.finetune_run(str(run), "English-EWT", "head")
 

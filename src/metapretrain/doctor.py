@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from metapretrain import paths
+from metapretrain.io import done_problem
 
 
 def find_run_dirs(exp_name: str) -> dict[str, Path]:
@@ -41,24 +42,6 @@ def stage_dir(exp_name: str, run, stage: str) -> Path:
         return paths.dynamics_dir(rd)
     train_set, _, regime = stage.removeprefix("finetune:").rpartition("~")
     return paths.finetune_dir(rd, train_set, regime)
-
-
-def done_problem(directory: Path) -> str | None:
-    """Why `directory/done.json` does not vouch for the outputs it lists; None when every sha256 matches."""
-    from metapretrain.io import read_json, sha256_file
-
-    done = directory / "done.json"
-    try:
-        outputs = read_json(done).get("outputs", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        return f"{done}: unreadable ({type(exc).__name__}: {exc})"
-    for rel, digest in sorted(outputs.items()):
-        f = directory / rel
-        if not f.is_file():
-            return f"{f}: listed in {done} but missing"
-        if sha256_file(f) != digest:
-            return f"{f}: changed since {done} was written (sha256 differs)"
-    return None
 
 
 def diagnose(exp) -> dict[str, list[dict]]:

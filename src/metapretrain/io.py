@@ -96,3 +96,35 @@ def write_done(directory: str | Path, stage: str, run_id: str | None, outputs: l
     path = directory / "done.json"
     write_json(path, record)
     return path
+
+
+def done_problem(directory: str | Path, stage: str | None = None) -> str | None:
+    """Why `directory/done.json` does not vouch for its stage's outputs, or None when it does.
+
+    It must exist, parse, name `stage` (when given), and every output it lists must still
+    exist with the sha256 recorded when the stage finished.
+    """
+    directory = Path(directory)
+    done = directory / "done.json"
+    if not done.is_file():
+        return f"{done}: missing"
+    try:
+        record = read_json(done)
+        outputs = record.get("outputs", {})
+        items = sorted(outputs.items())
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{done}: unreadable ({type(exc).__name__}: {exc})"
+    if stage is not None and record.get("stage") != stage:
+        return f"{done}: written by stage {record.get('stage')!r}, expected {stage!r}"
+    for rel, digest in items:
+        f = directory / rel
+        if not f.is_file():
+            return f"{f}: listed in {done} but missing"
+        if sha256_file(f) != digest:
+            return f"{f}: changed since {done} was written (sha256 differs)"
+    return None
+
+
+def done_is_valid(directory: str | Path, stage: str | None = None) -> bool:
+    """done.json exists, names `stage` (when given), and every output it lists still has its checksum."""
+    return done_problem(directory, stage) is None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import atomic_path, read_json, sha256_file, write_done
+from metapretrain.io import atomic_path, done_is_valid, read_json, write_done
 
 STAGE = "dynamics"
 OUTPUTS = ("dynamics.csv", "peaks.csv")
@@ -32,15 +32,6 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("dynamics.device is cuda but no CUDA device is available; set dynamics.device: auto or cpu")
     return name
-
-
-def done_is_valid(out_dir: Path) -> bool:
-    """done.json exists and every output it lists still has its checksum."""
-    try:
-        done = read_json(out_dir / "done.json")
-        return all(sha256_file(out_dir / rel) == digest for rel, digest in done["outputs"].items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _tensor_digest(t) -> str:
@@ -89,7 +80,7 @@ def dynamics_run(run_dir: str, data_dir: str) -> dict:
     identity = {"run_id": run_id, "metrics": [m.name for m in metrics], "probe_sha256": _tensor_digest(batch),
                 "reference_step": final.step}
     settings = identity | {"smoothing": dyn.smoothing, "min_prominence": dyn.min_prominence}
-    if done_is_valid(out_dir) and read_json(out_dir / "done.json").get("settings") == settings:
+    if done_is_valid(out_dir, STAGE) and read_json(out_dir / "done.json").get("settings") == settings:
         print(f"dynamics: {out_dir / 'done.json'} exists, its outputs verify and its settings match; nothing to do",
               flush=True)
         return read_json(out_dir / "done.json")

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from metapretrain import paths
+from metapretrain.io import done_is_valid, done_problem
 
 RESULT_COLUMNS = ["pretrain_run", "method_axes", "train_set", "regime", "eval_set", "eval_split", "eval_kind",
                   "metric", "value"]
@@ -80,8 +81,11 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     run_dir_p = Path(run_dir)
     out = paths.finetune_dir(run_dir_p, train_set, regime)
     if (out / "done.json").is_file():
-        print(f"finetune {train_set}~{regime}: already done ({out / 'done.json'})", flush=True)
-        return str(out)
+        problem = done_problem(out, "finetune")
+        if problem is None:
+            print(f"finetune {train_set}~{regime}: already done ({out / 'done.json'})", flush=True)
+            return str(out)
+        print(f"warning: finetune {train_set}~{regime}: {problem}; fine-tuning again", flush=True)
     if regime not in ("head", "full"):
         raise ValueError(f"regime must be 'head' or 'full', got {regime!r}")
     cfg = load_run_config(paths.resolved_config(run_dir_p))
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from metapretrain.launch.run import run_stage
 
     run_dir = Path(args.run_dir)
-    if (paths.finetune_dir(run_dir, args.train_set, args.regime) / "done.json").is_file():
+    if done_is_valid(paths.finetune_dir(run_dir, args.train_set, args.regime), "finetune"):
         print(f"finetune {args.train_set}~{args.regime} of {run_dir}: already done")
         return 0
     cfg_file = paths.resolved_config(run_dir)

@@ -13,19 +13,14 @@ from pathlib import Path
 
 from metapretrain import paths
 from metapretrain.io import atomic_path, read_json, sha256_file, write_done
+from metapretrain.io import done_is_valid as io_done_is_valid
 
 STAGE = "pretrain"
 
 
 def done_is_valid(pretrain_dir: Path) -> bool:
     """done.json exists, names this stage, and every output it lists still has its checksum."""
-    try:
-        done = read_json(pretrain_dir / "done.json")
-        return done.get("stage") == STAGE and all(
-            (pretrain_dir / rel).is_file() and sha256_file(pretrain_dir / rel) == digest
-            for rel, digest in done.get("outputs", {}).items())
-    except (OSError, ValueError, AttributeError):
-        return False
+    return io_done_is_valid(pretrain_dir, STAGE)
 
 
 def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
