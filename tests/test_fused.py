@@ -109,3 +109,22 @@ def test_decoder_loss_output_equals_cross_entropy_of_logits_with_same_gradients(
     with pytest.raises(ValueError, match="targets are given exactly when"):
         model(batch, targets=batch)
 
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_keep_parameter_names():
+    torch.manual_seed(0)
+    eager = Decoder(SMALL)
+    compiled = Decoder(SMALL)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints are unchanged by compiling
+    batch = torch.randint(0, 97, (2, 17))
+    losses, grads = [], []
+    for model in (eager, compiled):
+        loss = model(batch[:, :-1], output="loss", targets=batch[:, 1:])
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -119,11 +119,11 @@ def test_decay_steps_from_budget():
 
 
 def test_compile_policy():
-    from metapretrain.train.runtime import use_compile
+    from metapretrain.train.runtime import CPU_COMPILE_MIN_MICRO_BATCHES, use_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_compile("auto", cpu)
-    assert use_compile("auto", cuda) and use_compile("on", cpu) and not use_compile("off", cuda)
+    assert not use_compile("auto", cpu, 200) and use_compile("auto", cpu, CPU_COMPILE_MIN_MICRO_BATCHES)
+    assert use_compile("auto", cuda, 10) and use_compile("on", cpu, 1) and not use_compile("off", cuda, 10**9)
 
 
 # --------------------------------------------------------------- optimiser

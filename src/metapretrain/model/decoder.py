@@ -168,6 +168,17 @@ class Decoder(nn.Module):
             return linear_cross_entropy(h, self.lm_head.weight, targets)
         return self.lm_logits(h)
 
+    def compile_blocks(self) -> None:
+        """`torch.compile` every transformer block in place (parameter names and checkpoints unchanged).
+
+        The embedding, final norm and fused head + loss stay eager: compiling the whole model
+        would trace the unfused loss and materialise the [tokens, vocabulary] logits, which the
+        fused path never does (model/loss.py), and every block has the same graph, so one
+        compilation serves them all.
+        """
+        for layer in self.layers:
+            layer.compile()
+
     def num_parameters(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.weight.numel()

@@ -90,17 +90,19 @@ class Trainer:
 
         self.model = Decoder(self.model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
-        self.compile = runtime.use_compile(t.compile, self.device)
+        planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
+        self.compile = runtime.use_compile(t.compile, self.device, planned)
+        if self.compile:
+            self.model.compile_blocks()
         # DDP wraps the model; FSDP shards it in place (so the optimizer below sees the sharded parameters).
-        wrapped = self.dist.wrap(self.model, self.device)
-        self.compiled = torch.compile(wrapped) if self.compile else wrapped
+        self.wrapped = self.dist.wrap(self.model, self.device)
         train_tokens = open_split(data_dir, "train")
         self.batches = TokenBatches(train_tokens, t.batch_size, t.seq_len, cfg.seed,
                                     rank=self.dist.rank, world=self.dist.world)
         self.val_batches = fixed_batches(open_split(data_dir, "val"), t.batch_size, t.seq_len, t.eval_batches)
         self.autocast = runtime.autocast_factory(self.precision, self.device)
         tokenizer = paths.pretrain_dir(run_dir) / "tokenizer.json"
-        self.ctx = StepContext(model=self.compiled, cfg=cfg, device=self.device, batches=self.batches,
+        self.ctx = StepContext(model=self.wrapped, cfg=cfg, device=self.device, batches=self.batches,
                                shard=train_tokens, autocast=self.autocast, raw_model=self.model,
                                tokenizer_path=str(tokenizer), special_tokens=dict(manifest.get("special_tokens", {})))
         self.kinds = {"next_token": step_kind("next_token")(self.ctx)}
@@ -237,7 +239,7 @@ class Trainer:
         losses = []
         for batch in self.val_batches:
             with self.autocast():
-                losses.append(next_token_loss(self.compiled, batch.to(self.device)).item())
+                losses.append(next_token_loss(self.wrapped, batch.to(self.device)).item())
         self.model.train()
         loss = sum(losses) / len(losses)
         self.record("eval", val_loss=loss, val_ppl=math.exp(loss) if loss < 700 else math.inf)

@@ -32,17 +32,18 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
     return contextlib.nullcontext
 
 
-def use_compile(setting: str, device: torch.device) -> bool:
-    """`auto` compiles on CUDA only.
+# What `train.compile` compiles is each transformer block (`Decoder.compile_blocks`); the fused
+# head + loss stays eager. On CPU that gains 1.1-1.2x per step (bench/bench_model.py, `micro` and
+# `tiny`) for ~20 s of compilation on a cold cache (2-10 s warm), so `auto` compiles CPU runs only
+# when they have at least this many micro-batches to pay it back.
+CPU_COMPILE_MIN_MICRO_BATCHES = 5_000
 
-    On CPU the eager decoder's hand-fused paths (head + cross-entropy, RoPE, QKV and
-    gate/up GEMMs; see `model.loss`, `model.decoder`) already beat the compiled model
-    (bench/bench_model.py: compiled 0.94x eager on `micro`, 0.98x on `tiny`), and
-    compiling costs 5-50 s warm and minutes cold.
-    """
+
+def use_compile(setting: str, device: torch.device, micro_batches: int = 0) -> bool:
+    """`auto` compiles on CUDA, and on CPU runs of at least CPU_COMPILE_MIN_MICRO_BATCHES micro-batches."""
     if setting in ("on", "off"):
         return setting == "on"
-    return device.type == "cuda"
+    return device.type == "cuda" or micro_batches >= CPU_COMPILE_MIN_MICRO_BATCHES
 
 
 def configure_backends(device: torch.device, tf32: bool) -> None:
