@@ -1,7 +1,8 @@
-"""Shared fixtures: the data mirror, a small real tokenized corpus, isolated results and W&B."""
+"""Shared fixtures and helpers: the data mirror, small tokenized corpora, run directories, isolated results and W&B."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,3 +61,53 @@ def tokenized_dir(tmp_path_factory, small_corpus) -> Path:
     out = tmp_path_factory.mktemp("tok") / "small"
     tokenize(small_tokenize_config(small_corpus), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_tokenized(tmp_path_factory) -> Path:
+    """A real tokenize output (vocab 128) over a small synthetic corpus: no data mirror needed."""
+    import numpy as np
+
+    from metapretrain.data.tokenize_stage import tokenize
+
+    root = tmp_path_factory.mktemp("synth")
+    (root / "corpus").mkdir()
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "house", "big", "red", "and", "saw", "it"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(5, 15))) for _ in range(1500)]
+    (root / "corpus" / "synth.txt").write_text("\n".join(lines) + "\n")
+    tokenize(small_tokenize_config(root, vocab_size=128), root / "tok")
+    return root / "tok"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, nested dicts key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_run_dir(root: Path, name: str, config: dict, experiment: str) -> Path:
+    """A materialised run directory (validated config.resolved.yaml + run.json), as the grid writes one."""
+    import yaml
+
+    from metapretrain.config.load import run_config_from_dict
+
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = run_config_from_dict(config)
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": experiment, "hash": "0", "axes": {}}))
+    return run
+
+
+@pytest.fixture
+def single_thread():
+    """torch on one thread: tiny matrices on a shared 2-core machine only contend with more."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,13 +20,8 @@ VOCAB = 64
 RUN_ID = "method~fomaml/model.preset~micro"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: more threads only contend for the shared CPU cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matrices: more threads only contend for the shared CPU cores.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random_orthogonal(n: int, seed: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ varies them further from run to run, and every invariant must hold wherever a ki
 from __future__ import annotations
 
 import errno
-import json
 import os
 import queue
 import random
@@ -31,13 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 
+from conftest import deep_merge, write_run_dir
 from metapretrain import paths
-from metapretrain.config.load import run_config_from_dict
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
@@ -96,36 +93,13 @@ sys.exit(main(["pretrain", "--run-dir", sys.argv[1], "--data", sys.argv[2]]))
 """
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def make_run(root: Path, name: str, **over) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    cfg = run_config_from_dict(_merge(TINY, over))
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": "faults", "hash": "0", "axes": {}}))
-    return run
+    return write_run_dir(root, name, deep_merge(TINY, over), "faults")
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    """A real tokenize output over a small synthetic corpus (no data mirror needed)."""
-    from conftest import small_tokenize_config
-    from metapretrain.data.tokenize_stage import tokenize
-
-    root = tmp_path_factory.mktemp("faults_corpus")
-    (root / "corpus").mkdir()
-    rng = np.random.default_rng(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "house", "big", "red", "and", "saw", "it"]
-    lines = [" ".join(rng.choice(words, size=rng.integers(5, 15))) for _ in range(1500)]
-    (root / "corpus" / "synth.txt").write_text("\n".join(lines) + "\n")
-    tokenize(small_tokenize_config(root, vocab_size=128), root / "tok")
-    return root / "tok"
+@pytest.fixture(scope="session")
+def tok(synthetic_tokenized) -> Path:
+    return synthetic_tokenized
 
 
 def child_env(**extra) -> dict:

@@ -21,13 +21,8 @@ from metapretrain.finetune.train import FeatureSource, fit, predict
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices on a shared 2-core machine: extra threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matrices: more threads only contend for the shared CPU cores.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- metric ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from conftest import deep_merge, write_run_dir
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.launch import preemption
@@ -42,37 +42,13 @@ BASE = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def make_run(root: Path, name: str = "run", **over) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    cfg = run_config_from_dict(_merge(BASE, over))
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": "test", "hash": "0", "axes": {}}))
-    return run
+    return write_run_dir(root, name, deep_merge(BASE, over), "test")
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> Path:
-    """A real tokenize output over a small synthetic corpus (no data mirror needed)."""
-    from conftest import small_tokenize_config
-    from metapretrain.data.tokenize_stage import tokenize
-
-    root = tmp_path_factory.mktemp("synth")
-    (root / "corpus").mkdir()
-    rng = np.random.default_rng(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "house", "big", "red", "and", "saw", "it"]
-    lines = [" ".join(rng.choice(words, size=rng.integers(5, 15))) for _ in range(1500)]
-    (root / "corpus" / "synth.txt").write_text("\n".join(lines) + "\n")
-    out = root / "tok"
-    tokenize(small_tokenize_config(root, vocab_size=128), out)
-    return out
+@pytest.fixture(scope="session")
+def tok_dir(synthetic_tokenized) -> Path:
+    return synthetic_tokenized
 
 
 def records(run: Path, kind: str | None = None) -> list[dict]:
@@ -107,7 +83,7 @@ def test_schedule_shapes():
 
 def test_decay_steps_from_budget():
     def train(unit, value, decay=None):
-        return run_config_from_dict(_merge(BASE, {"train": {"budget": {"unit": unit, "value": value},
+        return run_config_from_dict(deep_merge(BASE, {"train": {"budget": {"unit": unit, "value": value},
                                                             "decay_steps": decay, "grad_accum": 2}})).train
 
     assert decay_steps_for(train("steps", 12), 1.0) == 12

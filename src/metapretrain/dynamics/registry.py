@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from metapretrain.registry import Registry
+
 NEEDS = frozenset({"weights", "activations", "gradients", "attention", "reference", "train_log"})
 
 # Modules whose import registers the built-in metrics.
@@ -54,7 +56,12 @@ class Metric:
     doc: str
 
 
-_METRICS: dict[str, Metric] = {}
+def _load_builtin() -> None:
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+
+
+_METRICS = Registry("metric", load=_load_builtin, identity=lambda metric: metric.fn)
 
 
 class UnknownMetricError(ValueError):
@@ -69,23 +76,16 @@ def register_metric(name: str, needs: Iterable[str] = ()):
         raise ValueError(f"metric {name!r}: unknown needs {sorted(bad)}; allowed: {', '.join(sorted(NEEDS))}")
 
     def wrap(fn):
-        if name in _METRICS and _METRICS[name].fn is not fn:
-            raise ValueError(f"metric {name!r} is registered twice ({_METRICS[name].fn.__qualname__}, {fn.__qualname__})")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METRICS[name] = Metric(name, fn, needs, doc[0] if doc else "")
+        _METRICS.add(name, Metric(name, fn, needs, doc[0] if doc else ""))
         return fn
 
     return wrap
 
 
-def _load_builtin() -> None:
-    for module in METRIC_MODULES:
-        importlib.import_module(module)
-
-
 def known_metrics() -> dict[str, Metric]:
     """Every registered metric, by name."""
-    _load_builtin()
+    _METRICS.load()
     return dict(_METRICS)
 
 

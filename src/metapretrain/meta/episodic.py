@@ -42,6 +42,16 @@ class EpisodicLearner(StepKind):
 
     # -- pieces -------------------------------------------------------------
 
+    def start_episode(self, gen: torch.Generator):
+        """Sample an episode; returns (episode, support labels, query labels) with the labels on the device."""
+        ep = self.builder.sample(gen)
+        self.head.train()
+        return ep, ep.support_labels.to(self.ctx.device), ep.query_labels.to(self.ctx.device)
+
+    def query_metrics(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"meta/query_loss": loss.item(), "meta/query_acc": accuracy(logits.detach(), labels),
+                "meta/head_weight_norm": self.head.weight_norm()}
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden state at the masked (last) position, fp32 [B, d]."""
         with self.ctx.autocast():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metapretrain.meta.episodic import EpisodicLearner, accuracy
+from metapretrain.meta.episodic import EpisodicLearner
 from metapretrain.train.steps import StepOutput, register_step
 
 
@@ -35,10 +35,7 @@ def first_order(initial: dict[str, torch.Tensor], adapted: dict[str, torch.Tenso
 @register_step("fomaml")
 class FOMAML(EpisodicLearner):
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
-        ep = self.builder.sample(gen)
-        dev = self.ctx.device
-        sy, qy = ep.support_labels.to(dev), ep.query_labels.to(dev)
-        self.head.train()
+        ep, sy, qy = self.start_episode(gen)
         from_support = self.meta.inner.backbone_grad_from_support
 
         if from_support:
@@ -60,8 +57,7 @@ class FOMAML(EpisodicLearner):
         (loss * scale).backward()
 
         metrics.update(self.support_metrics(feats, sy, phi0, fast))
-        metrics.update({"meta/query_loss": loss.item(), "meta/query_acc": accuracy(logits.detach(), qy),
-                        "meta/head_weight_norm": self.head.weight_norm()})
+        metrics.update(self.query_metrics(loss, logits, qy))
         n_s, n_q = len(sy), len(qy)
         flops = self.episode_flops(n_s, n_q, support_backward=from_support, query_backward=True,
                                    head_inner=3.0 * self.meta.inner.steps * n_s, head_extra=2.0 * n_s + 3.0 * n_q)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metapretrain.meta.episodic import EpisodicLearner, accuracy
+from metapretrain.meta.episodic import EpisodicLearner
 from metapretrain.train.steps import StepOutput, register_step
 
 # A second-order inner step costs its forward + backward (3 forward-equivalents)
@@ -23,11 +23,7 @@ SECOND_ORDER_STEP_COST = 9.0
 @register_step("maml2")
 class MAML2(EpisodicLearner):
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
-        ep = self.builder.sample(gen)
-        dev = self.ctx.device
-        sy, qy = ep.support_labels.to(dev), ep.query_labels.to(dev)
-        self.head.train()
-
+        ep, sy, qy = self.start_episode(gen)
         feats = self.features(ep.support)  # keeps its graph: φ_T depends on θ through it
         phi0 = self.head_params()
         fast = dict(phi0)
@@ -43,9 +39,8 @@ class MAML2(EpisodicLearner):
         (loss * scale).backward()
 
         metrics = self.support_metrics(feats, sy, phi0, {n: w.detach() for n, w in fast.items()})
-        metrics.update({"meta/query_loss": loss.item(), "meta/query_acc": accuracy(logits.detach(), qy),
-                        "meta/inner_grad_norm": float(torch.stack(norms).mean()),
-                        "meta/head_weight_norm": self.head.weight_norm()})
+        metrics.update(self.query_metrics(loss, logits, qy))
+        metrics["meta/inner_grad_norm"] = float(torch.stack(norms).mean())
         n_s, n_q = len(sy), len(qy)
         flops = self.episode_flops(n_s, n_q, support_backward=True, query_backward=True,
                                    head_inner=SECOND_ORDER_STEP_COST * self.meta.inner.steps * n_s,

@@ -8,31 +8,24 @@ builders (`meta.episode.builder`) register here.
 
 from __future__ import annotations
 
+from metapretrain.registry import Registry
+
 LEARNERS = ("fomaml", "maml2", "reptile", "maml_ntp")  # the schema's meta.learner values other than none
 
-_BUILDERS: dict[str, type] = {}
+def _load_builders() -> None:
+    import metapretrain.meta  # noqa: F401  (builders register on import)
+
+
+_BUILDERS = Registry("meta.episode.builder", load=_load_builders)
 
 
 def register_episode_builder(name: str):
     """Class decorator: make an episode builder available as `meta.episode.builder: name`."""
-
-    def wrap(cls):
-        if name in _BUILDERS and _BUILDERS[name] is not cls:
-            raise ValueError(f"episode builder {name!r} is registered twice ({_BUILDERS[name].__name__}, {cls.__name__})")
-        cls.name = name
-        _BUILDERS[name] = cls
-        return cls
-
-    return wrap
+    return _BUILDERS.register_class(name)
 
 
 def episode_builder(name: str) -> type:
-    import metapretrain.meta  # noqa: F401  (builders register on import)
-
-    try:
-        return _BUILDERS[name]
-    except KeyError:
-        raise KeyError(f"unknown meta.episode.builder {name!r}; known: {', '.join(sorted(_BUILDERS))}") from None
+    return _BUILDERS.lookup(name)
 
 
 def learner(name: str) -> type:

@@ -30,10 +30,7 @@ class Reptile(EpisodicLearner):
                                 if not n.startswith("lm_head.")}
 
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
-        ep = self.builder.sample(gen)
-        dev = self.ctx.device
-        sy, qy = ep.support_labels.to(dev), ep.query_labels.to(dev)
-        self.head.train()
+        ep, sy, qy = self.start_episode(gen)
         if self.meta.reptile.scope == "head":
             out = self._head_scope(ep, sy, qy, gen)
         else:
@@ -42,8 +39,7 @@ class Reptile(EpisodicLearner):
         accumulate_grad({**self.backbone_params, **self.head_params()}, delta,
                         self.meta.reptile.outer_step_size * scale)
         loss = F.cross_entropy(query_logits, qy)
-        metrics.update({"meta/query_loss": loss.item(), "meta/query_acc": accuracy(query_logits, qy),
-                        "meta/head_weight_norm": self.head.weight_norm()})
+        metrics.update(self.query_metrics(loss, query_logits, qy))
         return StepOutput(loss=loss.item(), tokens=tokens, flops=flops, metrics=metrics)
 
     def _head_scope(self, ep, sy, qy, gen):

@@ -15,36 +15,27 @@ from typing import Any
 
 import torch
 
-_STEP_KINDS: dict[str, type[StepKind]] = {}
+from metapretrain.registry import Registry
+
+
+def _load_meta_learners() -> None:
+    import metapretrain.meta  # noqa: F401  (meta-learners register on import)
+
+
+_STEP_KINDS = Registry("step kind", load=_load_meta_learners)
 
 
 def register_step(name: str):
     """Class decorator: make a step kind available under `name`."""
-
-    def wrap(cls):
-        if name in _STEP_KINDS and _STEP_KINDS[name] is not cls:
-            raise ValueError(f"step kind {name!r} is registered twice ({_STEP_KINDS[name].__name__}, {cls.__name__})")
-        cls.name = name
-        _STEP_KINDS[name] = cls
-        return cls
-
-    return wrap
+    return _STEP_KINDS.register_class(name)
 
 
 def step_kind(name: str) -> type[StepKind]:
-    if name not in _STEP_KINDS:
-        # Meta-learners live in metapretrain.meta and register on import.
-        import metapretrain.meta  # noqa: F401
-    try:
-        return _STEP_KINDS[name]
-    except KeyError:
-        raise KeyError(f"unknown step kind {name!r}; known: {', '.join(sorted(_STEP_KINDS))}") from None
+    return _STEP_KINDS.lookup(name)
 
 
 def known_step_kinds() -> list[str]:
-    import metapretrain.meta  # noqa: F401
-
-    return sorted(_STEP_KINDS)
+    return _STEP_KINDS.names()
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""The generic registry behind step kinds, episode builders and dynamics metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from metapretrain.registry import Registry
+
+
+def test_register_lookup_duplicates_and_lazy_loading():
+    loads = []
+    reg = Registry("widget", load=lambda: loads.append(1) or reg.add("builtin", "B"))
+
+    @reg.register_class("a")
+    class A:
+        pass
+
+    assert A.name == "a" and reg.lookup("a") is A and loads == []  # a registered name needs no loading
+    reg.register_class("a")(A)  # the same class again (a module imported twice) is fine
+
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match=r"widget 'a' is registered twice \(.*A, .*Other\)"):
+        reg.register_class("a")(Other)
+    assert reg.lookup("builtin") == "B" and loads == [1]
+    with pytest.raises(KeyError, match="unknown widget 'zzz'; known: a, builtin"):
+        reg.lookup("zzz")
+    assert reg.names() == ["a", "builtin"]
+
+
+def test_identity_decides_what_counts_as_the_same_entry():
+    reg = Registry("metric", identity=lambda entry: entry[0])
+
+    def fn():
+        pass
+
+    reg.add("m", (fn, "first record"))
+    reg.add("m", (fn, "rebuilt record of the same function"))
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.add("m", (print, "another function"))
+
+
+def test_the_project_registries_use_it():
+    from metapretrain.dynamics.registry import known_metrics
+    from metapretrain.meta.registry import episode_builder
+    from metapretrain.train.steps import known_step_kinds, step_kind
+
+    assert {"next_token", "fomaml", "maml2", "reptile", "maml_ntp"} <= set(known_step_kinds())
+    assert step_kind("fomaml").name == "fomaml"
+    with pytest.raises(KeyError, match="unknown step kind 'nope'; known: .*fomaml"):
+        step_kind("nope")
+    with pytest.raises(KeyError, match="unknown meta.episode.builder 'nope'"):
+        episode_builder("nope")
+    assert {"effective_rank", "head_entropy", "cka", "weight_norm"} <= set(known_metrics())
