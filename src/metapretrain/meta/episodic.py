@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from metapretrain.meta import flops
 from metapretrain.meta.head import EpisodeHead
 from metapretrain.meta.registry import episode_builder
+from metapretrain.train.runtime import to_device
 from metapretrain.train.steps import StepContext, StepKind
 
 
@@ -56,7 +57,7 @@ class EpisodicLearner(StepKind):
         """Final hidden state at the masked (last) position, fp32 [B, d]."""
         with self.ctx.autocast():
             # Through forward, not .hidden: FSDP's hooks must gather the sharded parameters.
-            h = self.backbone(x.to(self.ctx.device, non_blocking=True), output="hidden")
+            h = self.backbone(to_device(x, self.ctx.device), output="hidden")
         return h[:, -1].float()
 
     def head_params(self) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from metapretrain.meta import flops
 from metapretrain.meta.fast import call_at
 from metapretrain.meta.fomaml import first_order
 from metapretrain.model.flops import forward_flops_per_token
+from metapretrain.train.runtime import to_device
 from metapretrain.train.steps import StepContext, StepKind, StepOutput, register_step
 
 
@@ -96,7 +97,7 @@ class MAMLNextToken(StepKind):
         """n random windows of seq_len + 1 tokens from the shard, [n, T+1] int64 on the device."""
         starts = torch.randint(len(self.ctx.shard) - self.seq_len, (n,), generator=gen).numpy()
         rows = np.asarray(self.ctx.shard[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
-        return torch.from_numpy(rows).to(self.ctx.device, non_blocking=True)
+        return to_device(torch.from_numpy(rows), self.ctx.device)
 
     def loss_at(self, params: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         # The fused head + loss (model.loss), first-order like the rest of this inner loop.

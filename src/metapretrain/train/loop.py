@@ -239,7 +239,7 @@ class Trainer:
         losses = []
         for batch in self.val_batches:
             with self.autocast():
-                losses.append(next_token_loss(self.wrapped, batch.to(self.device)).item())
+                losses.append(next_token_loss(self.wrapped, runtime.to_device(batch, self.device)).item())
         self.model.train()
         loss = sum(losses) / len(losses)
         self.record("eval", val_loss=loss, val_ppl=math.exp(loss) if loss < 700 else math.inf)

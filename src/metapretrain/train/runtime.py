@@ -46,6 +46,14 @@ def use_compile(setting: str, device: torch.device, micro_batches: int = 0) -> b
     return device.type == "cuda" or micro_batches >= CPU_COMPILE_MIN_MICRO_BATCHES
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU batch to `device`: on CUDA through pinned memory with a non-blocking copy, so the
+    host-to-device transfer overlaps the work already queued on the GPU."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 def configure_backends(device: torch.device, tf32: bool) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from metapretrain.registry import Registry
+from metapretrain.train.runtime import to_device
 
 
 def _load_meta_learners() -> None:
@@ -102,7 +103,7 @@ class NextTokenStep(StepKind):
     """Autoregressive next-token prediction on the next batch of the token stream."""
 
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
-        batch = self.ctx.batches.next().to(self.ctx.device, non_blocking=True)
+        batch = to_device(self.ctx.batches.next(), self.ctx.device)
         with self.ctx.autocast():
             loss = next_token_loss(self.ctx.model, batch)
         (loss * scale).backward()
