@@ -80,14 +80,6 @@ def synthetic_tokenized(tmp_path_factory) -> Path:
     return root / "tok"
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """`base` with `over` merged in, nested dicts key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def write_run_dir(root: Path, name: str, config: dict, experiment: str) -> Path:
     """A materialised run directory (validated config.resolved.yaml + run.json), as the grid writes one."""
     import yaml
@@ -111,3 +103,39 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def require_slurm_cluster(gpu: bool = False) -> None:
+    """Skip unless a local SLURM cluster answers: controller, accounting, and an up node (with GPUs
+    when `gpu`). With METAPRETRAIN_REQUIRE_SLURM=1 (CI) a missing cluster fails instead."""
+    from metapretrain.launch import slurm
+
+    problem = None
+    try:
+        slurm._run(["sacct", "-n", "-X", "-S", "now", "-o", "JobID"], timeout=10)
+        nodes = slurm._run(["sinfo", "-h", "-o", "%T %G" if gpu else "%T"], timeout=10)
+        if not any(line.split()[0].startswith(("idle", "mixed", "allocated", "completing")) and (not gpu or "gpu" in line)
+                   for line in nodes.splitlines() if line.split()):
+            problem = f"no usable node{' with GPUs' if gpu else ''} (sinfo: {nodes.strip()!r})"
+    except slurm.SlurmError as exc:
+        problem = str(exc)
+    if problem:
+        message = f"no local SLURM cluster ({problem}); start one with `scripts/local-slurm.sh start` (root)"
+        if os.environ.get("METAPRETRAIN_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def shakespeare_experiment(name: str, data_root: Path, max_documents: int) -> dict:
+    """The default experiment (config/config.yaml) renamed, on the first `max_documents` lines of
+    tinyshakespeare with a 512-token vocabulary: the base of the small end-to-end grids."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["experiment"] = name
+    d = cfg["defaults"]
+    d["data"] = {"root": str(data_root)}
+    d["corpus"] = {"name": "shakespeare", "sources": [{"type": "files", "paths": ["corpus/tinyshakespeare.txt"]}],
+                   "max_documents": max_documents}
+    d["tokenizer"]["vocab_size"] = 512
+    return cfg

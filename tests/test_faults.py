@@ -33,13 +33,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import deep_merge, write_run_dir
+from conftest import write_run_dir
 from metapretrain import paths
+from metapretrain.grid import deep_merge
+from metapretrain.io import done_is_valid
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.metrics import read_records
-from metapretrain.train.stage import done_is_valid, train_run
+from metapretrain.train.stage import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = 40
@@ -191,7 +193,7 @@ def reference(tmp_path_factory, tok) -> Path:
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    assert done_is_valid(paths.pretrain_dir(run))
+    assert done_is_valid(paths.pretrain_dir(run), "pretrain")
     assert comparable(records(run)) == comparable(records(reference))
     assert [r["loss"] for r in records(run, "train")] == [r["loss"] for r in records(reference, "train")]
     assert bytes_lost(reference, run) == 0
@@ -515,4 +517,4 @@ def test_wandb_log_failing_mid_run_never_stops_training(tmp_path, tok, monkeypat
         train_run(str(run), str(tok))
     assert calls == [0]  # the first failure switches W&B off; training goes on
     assert [r["step"] for r in records(run, "train")] == [1, 2, 3, 4, 5]
-    assert done_is_valid(paths.pretrain_dir(run))
+    assert done_is_valid(paths.pretrain_dir(run), "pretrain")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import require_slurm_cluster, shakespeare_experiment
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.launch import jobs, probe, run, slurm
@@ -33,20 +34,7 @@ PROBE = "metapretrain.launch.probe:count"
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """A usable cluster: the controller answers, accounting works, a GPU node is up."""
-    problem = None
-    try:
-        slurm._run(["sacct", "-n", "-X", "-S", "now", "-o", "JobID"], timeout=10)
-        nodes = slurm._run(["sinfo", "-h", "-o", "%T %G"], timeout=10)
-        if not any(line.split()[0].startswith(("idle", "mixed", "allocated", "completing")) and "gpu" in line
-                   for line in nodes.splitlines() if line.split()):
-            problem = f"no usable node with GPUs (sinfo: {nodes.strip()!r})"
-    except slurm.SlurmError as exc:
-        problem = str(exc)
-    if problem:
-        message = f"no local SLURM cluster ({problem}); start one with `scripts/local-slurm.sh start` (root)"
-        if os.environ.get("METAPRETRAIN_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_slurm_cluster(gpu=True)
 
 
 @pytest.fixture(autouse=True)
@@ -327,13 +315,8 @@ def test_pretrain_preempted_on_slurm_matches_local_run(tmp_path, tokenized_dir, 
 
 def tiny_grid(tmp_path: Path, data_root: Path) -> Path:
     """The default experiment shrunk to seconds per stage: 2 runs, one small corpus file, 30 steps."""
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["experiment"] = "slurm-e2e"
+    cfg = shakespeare_experiment("slurm-e2e", data_root, max_documents=4000)
     d = cfg["defaults"]
-    d["data"] = {"root": str(data_root)}
-    d["corpus"] = {"name": "shakespeare", "sources": [{"type": "files", "paths": ["corpus/tinyshakespeare.txt"]}],
-                   "max_documents": 4000}
-    d["tokenizer"]["vocab_size"] = 512
     d["train"].update({"budget": {"unit": "steps", "value": 30}, "seq_len": 64, "eval_every": 10, "eval_batches": 2,
                        "warmup_steps": 2, "checkpoint": {"every": 10, "log_spaced": 0}})
     d["meta"]["episode"] = {"n_way": 4, "k_shot": 2, "q_query": 2, "window": 16}

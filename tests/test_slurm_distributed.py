@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import require_slurm_cluster, shakespeare_experiment
 from metapretrain import paths
 from metapretrain.launch import jobs, slurm
 
@@ -29,31 +30,13 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """A usable cluster: the controller answers, accounting works, a node is up."""
-    problem = None
-    try:
-        slurm._run(["sacct", "-n", "-X", "-S", "now", "-o", "JobID"], timeout=10)
-        nodes = slurm._run(["sinfo", "-h", "-o", "%T"], timeout=10)
-        if not any(line.split()[0].startswith(("idle", "mixed", "allocated", "completing"))
-                   for line in nodes.splitlines() if line.split()):
-            problem = f"no usable node (sinfo: {nodes.strip()!r})"
-    except slurm.SlurmError as exc:
-        problem = str(exc)
-    if problem:
-        message = f"no local SLURM cluster ({problem}); start one with `scripts/local-slurm.sh start` (root)"
-        if os.environ.get("METAPRETRAIN_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_slurm_cluster(gpu=False)
 
 
 def ddp_experiment(tmp_path: Path, data_root: Path) -> Path:
     """One DDP run of the micro model on a small corpus, 2 tasks x 1 CPU, pretrain only."""
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["experiment"] = "slurm-ddp"
+    cfg = shakespeare_experiment("slurm-ddp", data_root, max_documents=2000)
     d = cfg["defaults"]
-    d["data"] = {"root": str(data_root)}
-    d["corpus"] = {"name": "shakespeare", "sources": [{"type": "files", "paths": ["corpus/tinyshakespeare.txt"]}],
-                   "max_documents": 2000}
-    d["tokenizer"]["vocab_size"] = 512
     d["train"].update({"budget": {"unit": "steps", "value": 12}, "batch_size": 8, "seq_len": 64, "eval_every": 6,
                        "eval_batches": 2, "warmup_steps": 2, "log_every": 1, "device": "cpu",
                        "checkpoint": {"every": 6, "log_spaced": 0, "export_hf": "none"},

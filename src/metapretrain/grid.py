@@ -133,6 +133,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config dict -> {"a.b.c": value}; empty dicts stay values."""
+    out: dict[str, object] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def _check_dotted_key(key: str, *, file, line) -> None:
     parts = tuple(key.split("."))
     for i in range(len(parts)):

@@ -9,7 +9,8 @@ and a lookup first imports the modules that register the built-in entries.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -20,16 +21,17 @@ def _label(obj: Any) -> str:
 class Registry(dict):
     """A dict of name → entry with duplicate checks, lazy loading and errors that list the known names.
 
-    `what` names the kind of entry in messages (e.g. "step kind"); `load` imports the modules
-    whose decorators register the built-in entries; `identity(entry)` is what must stay the same
-    when a name is registered again (a module imported twice re-registers the same object).
+    `what` names the kind of entry in messages (e.g. "step kind"); `modules` are the modules
+    whose import registers the built-in entries (decorators run at import); `identity(entry)` is
+    what must stay the same when a name is registered again (a module imported twice
+    re-registers the same object).
     """
 
-    def __init__(self, what: str, load: Callable[[], Any] | None = None,
+    def __init__(self, what: str, modules: Iterable[str] = (),
                  identity: Callable[[Any], Any] = lambda entry: entry) -> None:
         super().__init__()
         self.what = what
-        self._load = load
+        self._modules = tuple(modules)
         self._identity = identity
 
     def add(self, name: str, entry: Any) -> Any:
@@ -50,8 +52,9 @@ class Registry(dict):
         return wrap
 
     def load(self) -> None:
-        if self._load is not None:
-            self._load()
+        """Import the modules that register the built-in entries (a no-op once imported)."""
+        for module in self._modules:
+            importlib.import_module(module)
 
     def names(self) -> list[str]:
         """Every registered name (built-ins loaded), sorted."""

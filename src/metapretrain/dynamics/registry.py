@@ -19,7 +19,6 @@ listing the known names (config validation does) stays cheap.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -56,12 +55,7 @@ class Metric:
     doc: str
 
 
-def _load_builtin() -> None:
-    for module in METRIC_MODULES:
-        importlib.import_module(module)
-
-
-_METRICS = Registry("metric", load=_load_builtin, identity=lambda metric: metric.fn)
+_METRICS = Registry("metric", modules=METRIC_MODULES, identity=lambda metric: metric.fn)
 
 
 class UnknownMetricError(ValueError):

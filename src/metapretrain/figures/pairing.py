@@ -25,20 +25,10 @@ import itertools
 from dataclasses import dataclass, field
 
 from metapretrain.figures.load import RunData
+from metapretrain.grid import flatten
 
 PRESET_ORDER = ("micro", "mini", "tiny", "small", "medium", "large")
 VANILLA = "vanilla"
-
-
-def flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def changed_keys(runs: list[RunData], axis: str) -> set[str] | None:

@@ -12,11 +12,8 @@ from metapretrain.registry import Registry
 
 LEARNERS = ("fomaml", "maml2", "reptile", "maml_ntp")  # the schema's meta.learner values other than none
 
-def _load_builders() -> None:
-    import metapretrain.meta  # noqa: F401  (builders register on import)
 
-
-_BUILDERS = Registry("meta.episode.builder", load=_load_builders)
+_BUILDERS = Registry("meta.episode.builder", modules=["metapretrain.meta"])  # builders register on import
 
 
 def register_episode_builder(name: str):

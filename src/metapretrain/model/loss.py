@@ -7,7 +7,8 @@ of the gather. On the CPU presets that vocabulary-sized work costs as much
 as every transformer block together, and at the paper's vocabulary (50,304)
 and context (2,048) the fp32 logits of one micro-batch of 8 take 3.3 GB.
 
-Here the rows are processed in chunks of about `CHUNK_ELEMENTS` logits, so
+Here the rows are processed in chunks of about `CHUNK_ELEMENTS` logits (and
+at least `MIN_CHUNK_ROWS` rows), so
 the [chunk, V] block stays in cache and nothing of size N·V is ever
 allocated. Because the loss is a scalar mean, its gradients with respect
 to the hidden states and to the head weight are known up to the incoming
@@ -29,17 +30,15 @@ import torch.nn.functional as F
 
 # Logits per chunk: 2M fp32 values (8 MB, about an L2/L3 slice) on CPU; larger on GPUs.
 CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
+# Every chunk reads and writes the whole [V, d] weight-gradient accumulator, so chunks need enough
+# rows to amortise that traffic (at the paper's vocabulary, 20-row chunks ran 4x slower than 256-row ones).
+MIN_CHUNK_ROWS = 256
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(t.device.type):
         return torch.get_autocast_dtype(t.device.type)
     return t.dtype
-
-
-# Every chunk reads and writes the whole [V, d] weight-gradient accumulator, so chunks need enough
-# rows to amortise that traffic (at the paper's vocabulary, 20-row chunks ran 4x slower than 256-row ones).
-MIN_CHUNK_ROWS = 256
 
 
 def chunk_rows(n_rows: int, vocab: int, device: torch.device) -> int:
@@ -82,15 +81,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     grad_w.add_(g.t() @ hc)
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.input_dtypes = (hidden.dtype, weight.dtype)
+        ctx.input_dtypes, ctx.acc = (hidden.dtype, weight.dtype), acc
         return total_loss / n
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        g = grad_loss.to(grad_w.dtype if grad_w is not None else torch.promote_types(grad_h.dtype, torch.float32))
-        out_h = (grad_h.to(g.dtype) * g).to(ctx.input_dtypes[0]) if ctx.needs_input_grad[0] else None
+        g = grad_loss.to(ctx.acc)
+        out_h = (grad_h.to(ctx.acc) * g).to(ctx.input_dtypes[0]) if ctx.needs_input_grad[0] else None
         out_w = (grad_w * g).to(ctx.input_dtypes[1]) if ctx.needs_input_grad[1] else None
         return out_h, out_w, None, None
 

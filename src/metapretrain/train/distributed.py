@@ -402,22 +402,12 @@ class Distributed:
             try:
                 result = fn()
             except BaseException as exc:
-                self.broadcast_error(f"{type(exc).__name__}: {exc}")
+                self.share(f"{type(exc).__name__}: {exc}")  # rank 0's error text; None below means success
                 raise
-        error = self.broadcast_error(None)
+        error = self.share(None)
         if error is not None:
             raise RuntimeError(f"rank 0 failed to {what}: {error}")
         return result
-
-    def broadcast_error(self, message: str | None) -> str | None:
-        """Rank 0's error text (None: success) on every rank, so no rank waits for one that failed."""
-        if not self.active:
-            return message
-        import torch.distributed as dist
-
-        box = [message]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def _comm_device(self) -> torch.device:
         import torch.distributed as dist

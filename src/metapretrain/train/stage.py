@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import atomic_path, read_json, sha256_file, write_done
-from metapretrain.io import done_is_valid as io_done_is_valid
+from metapretrain.io import atomic_path, done_is_valid, read_json, sha256_file, write_done
 
 STAGE = "pretrain"
-
-
-def done_is_valid(pretrain_dir: Path) -> bool:
-    """done.json exists, names this stage, and every output it lists still has its checksum."""
-    return io_done_is_valid(pretrain_dir, STAGE)
 
 
 def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
@@ -48,17 +42,6 @@ _MAY_CHANGE = ("train.budget", "train.eval_every", "train.eval_batches", "train.
                "train.tf32", "train.activation_checkpointing", "train.distributed", "train.on_nonfinite")
 
 
-def _flat(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_config_unchanged(run_dir: Path, cfg) -> None:
     """Refuse to resume checkpoints trained under a different config (e.g. `train.lr` edited in the grid).
 
@@ -68,6 +51,7 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     import yaml
 
     from metapretrain.config.errors import ConfigError
+    from metapretrain.grid import flatten
     from metapretrain.train import checkpoint as ckpt
 
     old = None
@@ -81,8 +65,8 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     if old is None:
         return
     new = cfg.to_dict()
-    before = _flat({k: old.get(k) for k in _TRAINING_SECTIONS if k in old})
-    after = _flat({k: new[k] for k in _TRAINING_SECTIONS})
+    before = flatten({k: old.get(k) for k in _TRAINING_SECTIONS if k in old})
+    after = flatten({k: new[k] for k in _TRAINING_SECTIONS})
     changed = sorted(k for k in set(before) | set(after)
                      if before.get(k) != after.get(k) and not k.startswith(_MAY_CHANGE))
     if changed:
@@ -100,7 +84,7 @@ def train_run(run_dir: str, data_dir: str) -> dict:
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     pre = paths.pretrain_dir(run_dir)
-    if done_is_valid(pre):
+    if done_is_valid(pre, STAGE):
         print(f"pretrain: {pre / 'done.json'} is valid; nothing to do", flush=True)
         return read_json(pre / "done.json")
     cfg = load_run_config(paths.resolved_config(run_dir))

@@ -8,6 +8,7 @@ the same way and are reached through `meta.learner`.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,8 @@ import torch
 from metapretrain.registry import Registry
 from metapretrain.train.runtime import to_device
 
-
-def _load_meta_learners() -> None:
-    import metapretrain.meta  # noqa: F401  (meta-learners register on import)
-
-
-_STEP_KINDS = Registry("step kind", load=_load_meta_learners)
+# Meta-learners live in metapretrain.meta and register on import.
+_STEP_KINDS = Registry("step kind", modules=["metapretrain.meta"])
 
 
 def register_step(name: str):
@@ -66,7 +63,7 @@ class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class StepKind:
+class StepKind(abc.ABC):
     """Base class. Subclasses implement `run`; `parameters`/`state_dict` when they own state."""
 
     name = "base"
@@ -82,15 +79,15 @@ class StepKind:
         """Named modules whose state is checkpointed with the model (e.g. {'episode_head': head})."""
         return {}
 
+    @abc.abstractmethod
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
         """Forward + backward of one micro-batch; gradients (loss * scale) accumulate into `.grad`."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027  (optional hook: stateless kinds keep nothing)
+        """Restore what `state_dict` returned; stateless step kinds have nothing to restore."""
 
 
 def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
