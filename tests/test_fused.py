@@ -40,6 +40,29 @@ def test_linear_cross_entropy_matches_unfused_loss_and_gradients(monkeypatch, ro
     assert torch.allclose(w.grad, ref_grads[1], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_cross_entropy_is_exact_when_the_target_probability_underflows(dtype):
+    # Targets 500-2000 nats below the best logit: p(target) is 0 after the softmax in both
+    # precisions, so those rows fall back to z[target] - logsumexp(z); ordinary rows stay exact.
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(12, 8, dtype=dtype, generator=gen)
+    w = torch.randn(40, 8, dtype=dtype, generator=gen)
+    h[:4] *= 300.0  # confident rows, with targets chosen as their least likely class
+    t = torch.randint(0, 40, (12,), generator=gen)
+    t[:4] = (h[:4] @ w.t()).argmin(1)
+    h.requires_grad_(), w.requires_grad_()
+    ref = _reference(h, w, t)
+    assert ref.item() > 100.0
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    ours = linear_cross_entropy(h, w, t)
+    grads = torch.autograd.grad(ours, (h, w))
+    assert torch.isfinite(ours)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(ours, ref, rtol=tol, atol=0)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(g, r, rtol=tol, atol=tol)
+
+
 def test_linear_cross_entropy_gradcheck_and_partial_gradients():
     gen = torch.Generator().manual_seed(1)
     h = torch.randn(6, 4, dtype=torch.float64, generator=gen, requires_grad=True)

@@ -24,7 +24,7 @@ from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.batches import DataTooSmallError, TokenBatches, fixed_batches
 from metapretrain.train.metrics import MetricsWriter, read_records, stable_run_id, wandb_mode
-from metapretrain.train.optim import param_groups
+from metapretrain.train.optim import param_groups, use_fused
 from metapretrain.train.runtime import micro_seeds
 from metapretrain.train.schedule import Schedule, decay_steps_for
 from metapretrain.train.stage import train_run
@@ -104,6 +104,29 @@ def test_compile_policy():
 
 
 # --------------------------------------------------------------- optimiser
+def test_fused_adamw_policy_and_fsdp_mix(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    cpu = torch.device("cpu")
+    plain = torch.nn.Parameter(torch.ones(4))
+    assert use_fused("auto", cpu, [plain]) and use_fused("on", cpu, [plain]) and not use_fused("off", cpu, [plain])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4), init_device_mesh("cpu", (1,)), [Shard(0)]))
+        assert use_fused("auto", cpu, [sharded])
+        # FSDP-sharded model + a step kind's replicated head: torch's fused kernel takes one kind only.
+        assert not use_fused("auto", cpu, [sharded, plain])
+        with pytest.raises(ValueError, match="train.fused_adamw"):
+            use_fused("on", cpu, [sharded, plain])
+        opt = torch.optim.AdamW([sharded, plain], fused=use_fused("auto", cpu, [sharded, plain]) or None)
+        sharded.grad, plain.grad = torch.ones_like(sharded), torch.ones_like(plain)
+        opt.step()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_weight_decay_on_matrices_only():
     from metapretrain.model import ModelConfig
     from metapretrain.model.decoder import Decoder

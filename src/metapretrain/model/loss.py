@@ -19,8 +19,13 @@ by dLoss. No logits are kept, no exp is computed twice, and there is no
 recomputation. When no input needs a gradient (evaluation), only the loss
 is computed.
 
-Numerics: max-shifted log-sum-exp in fp32; under bf16 autocast the matmuls
-run in bf16, the softmax and the weight-gradient accumulator in fp32.
+Each chunk goes through torch's fused softmax (one row-local pass) in place,
+the loss is -log p(target), and the 1/N of the mean scales the two small
+[*, d] gradients once, not the chunk. Rows whose target probability
+underflowed (a loss above ~70 nats) are recomputed exactly from their logits.
+
+Numerics: softmax in fp32; under bf16 autocast the matmuls run in bf16, the
+softmax and the weight-gradient accumulator in fp32.
 """
 
 from __future__ import annotations
@@ -46,6 +51,23 @@ def chunk_rows(n_rows: int, vocab: int, device: torch.device) -> int:
     return max(1, min(n_rows, max(MIN_CHUNK_ROWS, per_chunk // max(vocab, 1))))
 
 
+def _log_target_probability(p_target: torch.Tensor, hc: torch.Tensor, w_t: torch.Tensor, tc: torch.Tensor,
+                            acc: torch.dtype) -> torch.Tensor:
+    """log p(target) per row from the softmax; exact also when p(target) underflowed.
+
+    A target probability below `tiny` (a loss above ~70 nats in fp32) has lost its digits
+    to underflow. Those rows, which only a diverging model produces, are recomputed from
+    their logits as z[target] - logsumexp(z).
+    """
+    logp = p_target.log()
+    low = (p_target < torch.finfo(acc).tiny * 2**24).squeeze(1)
+    if bool(low.any()):
+        rows = low.nonzero().squeeze(1)
+        z = (hc[rows] @ w_t).to(acc)
+        logp[rows] = z.gather(1, tc[rows]) - z.logsumexp(1, keepdim=True)
+    return logp
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
@@ -57,21 +79,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
         total_loss = torch.zeros((), dtype=acc, device=h.device)
+        # The head as a contiguous [d, V] operand: the logits GEMM runs 15-20% faster on CPU than
+        # with the transposed view of the [V, d] weight (one 4·V·d-byte copy per call, reused by every chunk).
+        w_t = w.t().contiguous()
         # One [rows, V] logits buffer, reused by every chunk (a fresh block per chunk costs page faults on CPU).
         buffer = torch.empty(min(rows, n), w.shape[0], dtype=dtype, device=h.device)
         for start in range(0, n, rows):
             hc, tc = h[start:start + rows], targets[start:start + rows, None]
-            z = torch.mm(hc, w.t(), out=buffer[:hc.shape[0]]).to(acc)  # [c, V]
-            target_logit = z.gather(1, tc)
-            zmax = z.amax(1, keepdim=True)
-            z.sub_(zmax).exp_()  # z := exp(z - max), in place
-            denom = z.sum(1, keepdim=True)
-            total_loss += (zmax + denom.log() - target_logit).sum()
+            z = torch.mm(hc, w_t, out=buffer[:hc.shape[0]]).to(acc)  # [c, V]
+            # One fused, row-local pass (max, exp, sum, divide) instead of five passes over the chunk.
+            torch.softmax(z, 1, out=z)
+            p_target = z.gather(1, tc)
+            total_loss -= _log_target_probability(p_target, hc, w_t, tc, acc).sum()
             if not (need_h or need_w):
                 continue
-            # z := (softmax - onehot) / N, the gradient of the mean loss with respect to these logits.
-            z.mul_(denom.reciprocal_().mul_(1.0 / n))
-            z.scatter_add_(1, tc, torch.full(tc.shape, -1.0 / n, dtype=z.dtype, device=z.device))
+            # z := softmax - onehot, the gradient of the summed loss over these rows; the 1/N of the
+            # mean is applied to the two small [*, d] results after the loop, not to the chunk.
+            z.scatter_add_(1, tc, torch.full(tc.shape, -1.0, dtype=z.dtype, device=z.device))
             g = z.to(dtype)
             if need_h:
                 torch.mm(g, w, out=grad_h[start:start + rows])
@@ -80,6 +104,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(g.t(), hc)
                 else:
                     grad_w.add_(g.t() @ hc)
+        if need_h:
+            grad_h.mul_(1.0 / n)
+        if need_w:
+            grad_w.mul_(1.0 / n)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.input_dtypes, ctx.acc = (hidden.dtype, weight.dtype), acc
         return total_loss / n

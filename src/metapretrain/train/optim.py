@@ -24,17 +24,35 @@ def param_groups(model: nn.Module, extra: list[nn.Parameter], weight_decay: floa
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def use_fused(setting: str, device: torch.device) -> bool:
-    """`train.fused_adamw`: auto = on CUDA only (the CPU kernel is not faster at our sizes)."""
+def use_fused(setting: str, device: torch.device, params: list[torch.Tensor] = ()) -> bool:
+    """`train.fused_adamw`: auto = on for CPU and CUDA, the devices with a fused kernel.
+
+    On CPU (torch 2.13, 2 cores) the fused kernel's update takes 0.25-0.3x the time of
+    the default multi-tensor one: 1.4 vs 5.8 ms for `micro`, 7 vs 23 ms for `tiny`.
+    The fused kernel cannot take FSDP's sharded parameters (DTensors) together with
+    plain ones (a step kind's replicated episode head), so auto leaves such a mix to
+    the multi-tensor kernel, and `on` refuses it.
+    """
+    mixed = len({_is_dtensor(p) for p in params}) > 1
     if setting == "on":
+        if mixed:
+            raise ValueError("train.fused_adamw: on cannot update FSDP-sharded parameters together with the step "
+                             "kind's unsharded ones (torch's fused AdamW takes one kind); use auto or off")
         return True
-    return setting == "auto" and device.type == "cuda"
+    return setting == "auto" and device.type in ("cpu", "cuda") and not mixed
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
 
 
 def build_optimizer(model: nn.Module, extra: list[nn.Parameter], train, device: torch.device) -> torch.optim.AdamW:
     groups = param_groups(model, extra, train.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-                             fused=use_fused(train.fused_adamw, device) or None)
+                             fused=use_fused(train.fused_adamw, device, params) or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
