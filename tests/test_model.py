@@ -98,6 +98,24 @@ def test_rope_matches_reference_and_preserves_norms():
     assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5)
 
 
+def test_rope_rotate_interleaves_pairs_and_its_compiler_form_agrees(monkeypatch):
+    """`rotate` (what attention uses) = the reference with the pairs (i, i + D/2) interleaved;
+    the real-arithmetic form used under torch.compile gives the same values, also from bf16."""
+    rope = Decoder(SMALL).layers[0].attn.rope
+    x = torch.randn(2, 4, 12, 8).transpose(1, 2).contiguous().transpose(1, 2)  # strided, as q/k arrive
+    ref = _reference_rope(x, 10_000.0)
+    interleave = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    rotated = rope.rotate(x)
+    assert rotated.is_contiguous() and torch.allclose(rotated, ref[..., interleave], atol=1e-5)
+    # Scores are unchanged by the shared permutation.
+    assert torch.allclose(rotated @ rotated.transpose(-1, -2), ref @ ref.transpose(-1, -2), atol=1e-4)
+    bf16 = rope.rotate(x.bfloat16())
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), rotated, atol=3e-2)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.allclose(rope.rotate(x), rotated, atol=1e-6)
+    assert torch.allclose(rope(x), ref, atol=1e-5)
+
+
 def _reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
     """GQA spelled out: repeat each KV head over its query group, masked softmax, weighted sum."""
     B, T, _ = x.shape
