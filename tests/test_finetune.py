@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metapretrain.data.uner import Sentence, read_iob2
-from metapretrain.finetune.data import WordEncoder, encode, label_names
+from metapretrain.finetune.data import WordEncoder, encode, label_names, running_text_keys
 from metapretrain.finetune.evaluate import entities, score
 from metapretrain.finetune.model import CRF, TokenClassifier
 from metapretrain.finetune.train import FeatureSource, fit, predict
@@ -134,6 +134,29 @@ def test_first_subword_takes_the_word_label_and_truncation_drops_the_rest(tiny_r
     cut = 1 + len(pieces[0]) + 1
     [y] = encode([s], enc, label2id, max_length=cut)
     assert len(y.input_ids) == cut and y.starts == x.starts[:2] and y.n_words == 6
+
+
+def test_words_of_unspaced_scripts_join_as_in_running_text(tiny_run):
+    assert running_text_keys(["我", "爱", "北京", "。"]) == ["我", "爱", "北京", "。"]
+    assert running_text_keys(["于", "1989", "年", "用", "iPhone"]) == ["于", "1989", "年", "用", "iPhone"]
+    assert running_text_keys(["Hej", "København", "!"]) == ["Hej", " København", " !"]
+    assert running_text_keys(["ผม", "รัก", "Bangkok"]) == ["ผม", "รัก", "Bangkok"]
+    assert running_text_keys(["서울", "에서"]) == ["서울", " 에서"]  # Korean writes spaces
+    _, enc = classifier(tiny_run)
+    assert "".join(enc.tok.decode(p) for p in enc.pieces(["我", "爱", "北京", "。"])) == "我爱北京。"
+
+
+def test_chinese_uner_sentences_rebuild_the_corpus_text(data_root):
+    """On real data: joined words equal the treebank's own sentence text (the pretraining corpus lines)."""
+    for treebank, stem in [("Chinese-GSDSIMP", "zh_gsdsimp"), ("Chinese-GSD", "zh_gsd"), ("Danish-DDT", "da_ddt")]:
+        sentences, _ = read_iob2(data_root / "uner" / treebank / f"{stem}-ud-train.iob2")
+        corpus = set((data_root / "corpus" / f"ud-train_{treebank}.txt").read_text(encoding="utf-8").splitlines())
+        rebuilt = sum("".join(running_text_keys(s.words)) in corpus for s in sentences) / len(sentences)
+        spaced = sum(" ".join(s.words) in corpus for s in sentences) / len(sentences)
+        if treebank.startswith("Chinese"):
+            assert rebuilt > 0.95 and spaced < 0.01, (treebank, rebuilt, spaced)
+        else:  # spaced scripts are unchanged
+            assert all(running_text_keys(s.words) == [s.words[0], *(" " + w for w in s.words[1:])] for s in sentences)
 
 
 # --- CRF ------------------------------------------------------------------------------------------------------

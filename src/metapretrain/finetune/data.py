@@ -1,7 +1,11 @@
 """UNER sentences → subword ids with first-subword word positions, and length-bucketed batches.
 
-Each sentence becomes `<|endoftext|>` followed by the subwords of its words
-(every word after the first with a leading space, as in running text), cut to
+Each sentence becomes `<|endoftext|>` followed by the subwords of its words,
+each word after the first with a leading space as in running text, except
+next to a character of a script written without spaces (Chinese, Japanese,
+Thai): "我" "爱" "1989" "年" is "我爱1989年", as the corpus text has it (on
+the UNER Chinese training sets this rebuilds 98.7–99.0% of the sentences'
+original text exactly; with a space before every word, none), cut to
 `max_length` subwords. The first subword of each word carries the word's label;
 the other pieces carry none (the paper's code gives them −100). The decoder is
 causal, so the state at a word's first subword has seen only the words to its
@@ -25,6 +29,26 @@ def label_names(types: Sequence[str]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
+def _unspaced(ch: str) -> bool:
+    """A character of a script written without spaces between words."""
+    o = ord(ch)
+    return (0x0E00 <= o <= 0x0EFF  # Thai, Lao
+            or 0x2E80 <= o <= 0x9FFF  # CJK radicals and punctuation, kana, Bopomofo, CJK ideographs
+            or 0xF900 <= o <= 0xFAFF  # CJK compatibility ideographs
+            or 0xFF00 <= o <= 0xFFEF  # full-width forms (Chinese punctuation such as ， and ！)
+            or 0x20000 <= o <= 0x3FFFF)  # CJK extensions
+
+
+def running_text_keys(words: Sequence[str]) -> list[str]:
+    """Each word as it appears in running text: with a leading space, except the first word and
+    a word that meets the previous one at a character of an unspaced script (on either side)."""
+    keys = []
+    for i, w in enumerate(words):
+        joined = i == 0 or (bool(words[i - 1]) and bool(w) and (_unspaced(words[i - 1][-1]) or _unspaced(w[0])))
+        keys.append(w if joined else " " + w)
+    return keys
+
+
 @dataclass(frozen=True)
 class Encoded:
     input_ids: list[int]  # [eos] + subwords, at most max_length
@@ -45,7 +69,7 @@ class WordEncoder:
         self._cache: dict[str, list[int]] = {}
 
     def pieces(self, words: Sequence[str]) -> list[list[int]]:
-        keys = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        keys = running_text_keys(words)
         todo = sorted({k for k in keys if k not in self._cache})
         if todo:
             for key, enc in zip(todo, self.tok.encode_batch(todo, add_special_tokens=False), strict=True):
