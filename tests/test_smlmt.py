@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.meta.smlmt import SMLMTBuilder
+from metapretrain.meta import smlmt
+from metapretrain.meta.smlmt import SMLMTBuilder, index_spans
 
 EOS, MASK = 0, 1
 RARE, FREQUENT = 250, 2
@@ -127,3 +128,60 @@ def test_word_episodes_mask_whole_multi_piece_words(tokenized):
             nxt = t.id_to_token(int(shard[end + 1])) if end + 1 < len(shard) else "Ġ"
             assert not (nxt.isalpha() and nxt.isascii()) or nxt.startswith("Ġ")
     assert seen_multi
+
+
+@pytest.mark.parametrize("n, budget", [(100, 1000), (1000, 1000), (10_000_000, 3_500_000), (3_000_001, 3_000_000),
+                                       (5_000_000, 1_000_000), (7_777_777, 2_500_000)])
+def test_index_spans_are_disjoint_evenly_spaced_and_cover_the_budget(n, budget):
+    spans = index_spans(n, budget)
+    if n <= budget:
+        assert spans == [(0, n)]
+        return
+    lengths = {b - a for a, b in spans}
+    assert len(lengths) == 1 and budget - len(spans) < sum(b - a for a, b in spans) <= budget
+    assert spans[0][0] == 0 and spans[-1][1] == n if len(spans) > 1 else spans == [(0, budget)]
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
+    gaps = {a2 - a1 for (a1, _), (a2, _) in zip(spans, spans[1:], strict=False)}
+    assert max(gaps, default=0) - min(gaps, default=0) <= 1
+
+
+def test_an_index_over_spans_samples_and_masks_inside_them(shard, monkeypatch):
+    """A shard larger than meta.episode.index_tokens: windows lie inside indexed spans, every occurrence of
+    the class in a window is masked, and frequencies count the indexed tokens only."""
+    monkeypatch.setattr(smlmt, "SPAN_TOKENS", 2000)
+    cfg = episode_cfg(index_tokens=10_000, min_count=4)
+    builder = SMLMTBuilder(shard, cfg, MASK, EOS)
+    spans = index_spans(len(shard), 10_000)
+    assert len(spans) == 5 and builder.index.n_indexed == 10_000
+    W = cfg.window
+    for seed in range(20):
+        ep = builder.sample(torch.Generator().manual_seed(seed))
+        for x, y, ends in ((ep.support, ep.support_labels, ep.support_ends), (ep.query, ep.query_labels, ep.query_ends)):
+            for row, label, end in zip(x.numpy(), y.tolist(), ends.tolist(), strict=True):
+                assert any(a <= end - W + 1 and end < b for a, b in spans)  # the whole window is indexed
+                (cls,) = ep.classes[label]
+                original = shard[end - W + 1:end + 1].astype(np.int64)
+                assert original[-1] == cls
+                np.testing.assert_array_equal(row, np.where(original == cls, MASK, original))
+    # The stop word is ~20% of the indexed tokens too; eligibility is judged on those tokens.
+    assert FREQUENT not in {k for (k,) in builder.index.keys}
+    with pytest.raises(ValueError, match=r"in the 10000 indexed tokens.*meta\.episode\.index_tokens"):
+        SMLMTBuilder(shard, episode_cfg(index_tokens=10_000, n_way=300), MASK, EOS)
+
+
+def test_word_index_over_spans_keeps_words_inside_them(tokenized, monkeypatch):
+    tok, shard, ids = tokenized
+    monkeypatch.setattr(smlmt, "SPAN_TOKENS", 5000)
+    budget = len(shard) // 2
+    cfg = episode_cfg(unit="word", n_way=8, k_shot=2, q_query=2, window=24, min_count=4, max_frequency=0.01,
+                      index_tokens=budget)
+    builder = SMLMTBuilder(shard, cfg, ids["mask"], ids["eos"], tokenizer_path=tok)
+    spans = index_spans(len(shard), budget)
+    assert len(spans) > 1
+    index = builder.index
+    for c in range(len(index)):
+        n = len(index.keys[c])
+        for end in index.occurrences(c):
+            assert any(a <= end - n + 1 and end < b for a, b in spans)  # a word never crosses a span edge
+            assert tuple(int(v) for v in shard[end - n + 1:end + 1]) == index.keys[c]
+        assert all(any(a <= e - 23 and e < b for a, b in spans) for e in index.samplable(c))

@@ -159,6 +159,7 @@ class EpisodeSection(_Section):
     min_count: int
     max_frequency: float
     unit: str
+    index_tokens: int
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,15 @@ Earlier occurrences of the same class inside the window are masked too, so
 the answer is never copied from context. A window may reach back across an
 end-of-document token, exactly as packed next-token batches do.
 
-The class index is built once over the shard. A class is eligible when it
-has at least max(min_count, k + q) occurrences with a full left window and
-its frequency is at most max_frequency of the shard (stop words out);
-special tokens are never classes.
+The class index is built once, over the whole shard when it holds at most
+`index_tokens` tokens, else over `index_tokens` tokens in evenly spaced spans
+of about a million tokens each (a paper-scale shard has billions of tokens,
+and the index costs tens of bytes per token). An occurrence is samplable when
+its full left window lies inside its span, so every earlier occurrence in a
+window is indexed and masked. A class is eligible when it has at least
+max(min_count, k + q) samplable occurrences and its frequency is at most
+max_frequency of the indexed tokens (stop words out); special tokens are
+never classes.
 Because ineligible classes are excluded up front, every draw is fillable:
 no episode is ever padded or resampled.
 
@@ -62,52 +67,106 @@ class ClassIndex:
     """Occurrences of every eligible class, grouped by class (CSR layout).
 
     `keys[c]` are class c's token ids; `ends[offsets[c]:offsets[c+1]]` are the
-    sorted shard positions of the last token of each of its occurrences. All
-    occurrences are kept (they are masked when inside a window); the ones
-    with a full left window start at `ends[first_full[c]]`.
+    sorted shard positions of the last token of each of its occurrences (all
+    of them: they are masked when inside a window). The ones with a full left
+    window inside their indexed span, which examples are drawn from, are
+    `full_ends[full_offsets[c]:full_offsets[c+1]]`.
     """
 
     def __init__(self, keys: list[tuple[int, ...]], offsets: np.ndarray, ends: np.ndarray,
-                 first_full: np.ndarray) -> None:
-        self.keys, self.offsets, self.ends, self.first_full = keys, offsets, ends, first_full
+                 full_offsets: np.ndarray, full_ends: np.ndarray, n_indexed: int) -> None:
+        self.keys, self.offsets, self.ends = keys, offsets, ends
+        self.full_offsets, self.full_ends = full_offsets, full_ends
+        self.n_indexed = n_indexed  # shard tokens the index covers
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def occurrences(self, c: int) -> np.ndarray:
-        """All occurrences of class c (sorted end positions)."""
+        """All indexed occurrences of class c (sorted end positions)."""
         return self.ends[self.offsets[c]:self.offsets[c + 1]]
 
     def samplable(self, c: int) -> np.ndarray:
-        """Occurrences of class c with a full left window."""
-        return self.ends[self.first_full[c]:self.offsets[c + 1]]
+        """Occurrences of class c with a full left window inside their span."""
+        return self.full_ends[self.full_offsets[c]:self.full_offsets[c + 1]]
 
     @classmethod
-    def build(cls, class_of: np.ndarray, ends: np.ndarray, keys: list[tuple[int, ...]], window: int,
-              n_shard: int, ep, exclude: list[int]) -> ClassIndex:
-        """Group occurrences (class id, end position; ends ascending) of the eligible classes."""
-        full = ends >= window - 1
+    def build(cls, class_of: np.ndarray, ends: np.ndarray, full: np.ndarray, keys: list[tuple[int, ...]],
+              n_indexed: int, ep, exclude: list[int]) -> ClassIndex:
+        """Group occurrences (class id, end position ascending, full left window or not) of the eligible classes."""
         counts = np.bincount(class_of[full], minlength=len(keys))
-        eligible = (counts >= max(ep.min_count, ep.k_shot + ep.q_query)) & (counts <= ep.max_frequency * n_shard)
+        eligible = (counts >= max(ep.min_count, ep.k_shot + ep.q_query)) & (counts <= ep.max_frequency * n_indexed)
         eligible[[i for i in exclude if 0 <= i < len(eligible)]] = False
         keep = eligible[class_of]
-        class_of, ends = class_of[keep], ends[keep]
+        class_of, ends, full = class_of[keep], ends[keep], full[keep]
         order = np.argsort(class_of, kind="stable")  # stable: ends stay sorted within a class
         ids = np.flatnonzero(eligible)
         all_counts = np.bincount(class_of, minlength=len(keys))[ids]
         offsets = np.concatenate([[0], np.cumsum(all_counts)]).astype(np.int64)
-        ends = ends[order].astype(np.int64)
-        first_full = offsets[:-1] + (all_counts - counts[ids])  # the early occurrences come first
-        return cls([keys[i] for i in ids], offsets, ends, first_full)
+        ends, full = ends[order].astype(np.int64), full[order]
+        full_offsets = np.concatenate([[0], np.cumsum(counts[ids])]).astype(np.int64)
+        return cls([keys[i] for i in ids], offsets, ends, full_offsets, ends[full], n_indexed)
+
+
+# Tokens per span when the index covers a sample of the shard: long enough that only a
+# window's worth at each span's start (0.01% at window 128) lacks a full left window.
+SPAN_TOKENS = 1 << 20
+
+
+def index_spans(n_shard: int, index_tokens: int) -> list[tuple[int, int]]:
+    """The [start, stop) shard ranges the class index covers: the whole shard when it holds at
+    most `index_tokens` tokens, else `index_tokens` tokens in evenly spaced, disjoint spans."""
+    if n_shard <= index_tokens:
+        return [(0, n_shard)]
+    k = max(1, index_tokens // SPAN_TOKENS)
+    length = index_tokens // k
+    if k == 1:
+        return [(0, length)]
+    # Consecutive starts are (n - length) / (k - 1) >= length apart (n > k * length): no overlap.
+    return [(i * (n_shard - length) // (k - 1), i * (n_shard - length) // (k - 1) + length) for i in range(k)]
+
+
+class _Indexed:
+    """The indexed tokens of a shard, concatenated: ids, absolute positions and span offsets."""
+
+    def __init__(self, shard: np.ndarray, index_tokens: int, dtype=None) -> None:
+        self.spans = index_spans(len(shard), index_tokens)
+        if len(self.spans) == 1:
+            a, b = self.spans[0]
+            self.ids = np.asarray(shard[a:b], dtype=dtype)
+        else:
+            self.ids = np.concatenate([np.asarray(shard[a:b], dtype=dtype) for a, b in self.spans])
+        lengths = np.asarray([b - a for a, b in self.spans], dtype=np.int64)
+        self.local_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.shift = np.asarray([a for a, _ in self.spans], dtype=np.int64) - self.local_starts
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def locate(self, local: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute shard positions of concatenated positions, and whether each has `window - 1`
+        tokens of left context inside its own span."""
+        span = np.searchsorted(self.local_starts, local, side="right") - 1
+        return local + self.shift[span], local - self.local_starts[span] >= window - 1
+
+    def span_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the first and the last concatenated position of every span."""
+        first = np.zeros(len(self.ids), dtype=bool)
+        last = np.zeros(len(self.ids), dtype=bool)
+        first[self.local_starts] = True
+        last[self.local_starts + self.lengths - 1] = True
+        return first, last
 
 
 def token_index(shard: np.ndarray, ep, special_ids: list[int]) -> ClassIndex:
     """Class = one vocabulary id; occurrences need `window - 1` tokens of left context."""
-    class_of = np.asarray(shard)  # kept in the shard's unsigned dtype: less memory, radix-sorted
-    if class_of.dtype.kind != "u":
-        class_of = class_of.astype(np.int64)
+    # Kept in the shard's unsigned dtype where it has one: less memory, radix-sorted.
+    indexed = _Indexed(shard, ep.index_tokens, None if np.asarray(shard[:1]).dtype.kind == "u" else np.int64)
+    class_of = indexed.ids
+    ends, full = indexed.locate(np.arange(len(indexed), dtype=np.int64), ep.window)
     keys = [(i,) for i in range(int(class_of.max()) + 1)]
-    return ClassIndex.build(class_of, np.arange(len(shard)), keys, ep.window, len(shard), ep, special_ids)
+    return ClassIndex.build(class_of, ends, full, keys, len(indexed), ep, special_ids)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -145,14 +204,19 @@ def piece_classes(tokenizer_path: str, vocab_size: int) -> tuple[np.ndarray, np.
 
 
 def word_index(shard: np.ndarray, ep, tokenizer_path: str) -> ClassIndex:
-    """Class = a whole word (a tuple of piece ids); the occurrence ends at its last piece."""
-    ids = np.asarray(shard, dtype=np.int64)
+    """Class = a whole word (a tuple of piece ids); the occurrence ends at its last piece.
+
+    Words do not cross the edge of an indexed span (the piece before a span is unknown here).
+    """
+    indexed = _Indexed(shard, ep.index_tokens, np.int64)
+    ids = indexed.ids
     wordy_v, spaced_v = piece_classes(tokenizer_path, int(ids.max()) + 1)
     wordy, spaced = wordy_v[ids], spaced_v[ids]
-    prev_wordy = np.concatenate([[False], wordy[:-1]])
+    span_first, span_last = indexed.span_edges()
+    prev_wordy = np.concatenate([[False], wordy[:-1]]) & ~span_first
     cont = wordy & ~spaced & prev_wordy
     starts = np.flatnonzero(wordy & ~cont)
-    next_cont = np.concatenate([cont[1:], [False]])
+    next_cont = np.concatenate([cont[1:], [False]]) & ~span_last
     ends = np.flatnonzero(wordy & ~next_cont)  # one end per start, in the same order
     lengths = ends - starts + 1
     keep = lengths <= min(MAX_WORD_PIECES, ep.window - 1)
@@ -172,7 +236,8 @@ def word_index(shard: np.ndarray, ep, tokenizer_path: str) -> ClassIndex:
     class_of[order] = np.cumsum(new) - 1
     uniq = rows[new]
     keys = [tuple(int(t) for t in row if t >= 0) for row in uniq]
-    return ClassIndex.build(class_of, ends, keys, ep.window, len(ids), ep, [])
+    ends, full = indexed.locate(ends, ep.window)
+    return ClassIndex.build(class_of, ends, full, keys, len(indexed), ep, [])
 
 
 def _sample_distinct(n: int, m: int, gen: torch.Generator) -> np.ndarray:
@@ -211,7 +276,8 @@ class SMLMTBuilder:
             raise ValueError(
                 f"only {len(self.index)} {ep.unit} classes occur at least max(meta.episode.min_count={ep.min_count}, "
                 f"k_shot+q_query={ep.k_shot + ep.q_query}) times with frequency <= meta.episode.max_frequency="
-                f"{ep.max_frequency}; meta.episode.n_way={ep.n_way} needs more (a larger corpus or looser bounds)"
+                f"{ep.max_frequency} in the {self.index.n_indexed} indexed tokens; meta.episode.n_way={ep.n_way} "
+                f"needs more (a larger corpus or meta.episode.index_tokens, or looser bounds)"
             )
 
     def sample(self, gen: torch.Generator) -> Episode:
