@@ -20,6 +20,7 @@ import torch
 from metapretrain.finetune.data import Encoded, collate, length_batches
 from metapretrain.finetune.evaluate import score
 from metapretrain.finetune.model import TokenClassifier
+from metapretrain.train.optim import use_fused
 
 
 @dataclass
@@ -91,7 +92,10 @@ def _optimizer(clf: TokenClassifier, regime: str, lr: float, head_lr: float | No
         keep = [p for p in params if p.dim() < 2]
         groups += [{"params": decay, "lr": group_lr, "weight_decay": weight_decay},
                    {"params": keep, "lr": group_lr, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    groups = [g for g in groups if g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    # torch's fused kernel where the device has one (as pretraining's train.fused_adamw: auto).
+    return torch.optim.AdamW(groups, fused=use_fused("auto", params[0].device, params) or None)
 
 
 def _trainable_state(clf: TokenClassifier, regime: str) -> dict:
