@@ -113,7 +113,7 @@ class WandbLogger:
             Path(directory).mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(project=project, entity=entity, id=wid, name=run_id, resume="allow",
                                   mode=self.mode, dir=directory, config=config,
-                                  group=experiment, reinit=True,
+                                  group=experiment, reinit="finish_previous",
                                   settings=wandb.Settings(silent=True, console="off"))
         except Exception as exc:  # W&B is a mirror; training must go on
             self._fail("init", exc)
