@@ -2,7 +2,8 @@
 
 One training step = forward + cross-entropy + backward + AdamW, same config,
 same weights, same batch, same precision (fp32 on CPU, bf16 autocast on
-CUDA), the same AdamW as the training loop's (`train.fused_adamw: auto`), timed in alternating rounds so machine noise hits both equally.
+CUDA), the same AdamW as the training loop's (`train.fused_adamw: auto`),
+timed in alternating rounds so machine noise hits both equally.
 MFU = (our FLOP accounting per token × tokens/s) / peak, the peak measured
 with a large matmul in the same precision inside every timed round, beside
 the steps: each round's MFU divides that round's step by that round's peak,
@@ -28,6 +29,7 @@ import copy
 import json
 import sys
 import time
+from statistics import median_high
 
 import torch
 
@@ -69,11 +71,6 @@ class Peak:
 
     def flops(self, seconds: float) -> float:
         return 2 * self.n**3 / seconds
-
-
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    return values[len(values) // 2]
 
 
 def _sync(device: torch.device) -> None:
@@ -151,11 +148,11 @@ def bench_preset(preset: str, device: torch.device, steps: int, compile_too: boo
             _sync(device)
             times[r.name].append(time.perf_counter() - t0)
     flops_per_step = ours.flops_per_token(T) * B * T
-    out["peak_flops"] = round(peak.flops(_median(peak_times)))
+    out["peak_flops"] = round(peak.flops(median_high(peak_times)))
     for name, ts in times.items():
-        out[f"{name}_tok_s"] = round(B * T / _median(ts), 1)
+        out[f"{name}_tok_s"] = round(B * T / median_high(ts), 1)
         # Each round's step against the same round's peak, then the median round.
-        out[f"{name}_mfu"] = round(_median([flops_per_step / t / peak.flops(tp) for t, tp in zip(ts, peak_times, strict=True)]), 4)
+        out[f"{name}_mfu"] = round(median_high([flops_per_step / t / peak.flops(tp) for t, tp in zip(ts, peak_times, strict=True)]), 4)
     # "default" = how the training loop runs our model on this device (train.compile: auto).
     default = "ours_compiled" if compile_too and device.type == "cuda" else "ours"
     out["default"] = default
@@ -172,7 +169,7 @@ def bench_preset(preset: str, device: torch.device, steps: int, compile_too: boo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 6 CPU, 20 CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 10 CPU, 20 CUDA)")
     parser.add_argument("--presets", default=None,
                         help="comma-separated (default micro,tiny; micro,tiny,small,medium on CUDA)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
@@ -195,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         result["presets"][p] = bench_preset(p, device, steps, compile_too, peak)
         print(f"{p}: {result['presets'][p]}", file=sys.stderr, flush=True)
     runs = result["presets"].values()
-    result["peak_flops"] = round(_median([v["peak_flops"] for v in runs]))
+    result["peak_flops"] = round(median_high([v["peak_flops"] for v in runs]))
     result["ratio"] = min(v["ratio_vs_hf_eager"] for v in runs)
     if compile_too:
         result["ratio_vs_hf_compiled"] = min(v["ratio_vs_hf_compiled"] for v in runs)

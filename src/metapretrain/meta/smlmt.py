@@ -103,7 +103,7 @@ class ClassIndex:
         ids = np.flatnonzero(eligible)
         all_counts = np.bincount(class_of, minlength=len(keys))[ids]
         offsets = np.concatenate([[0], np.cumsum(all_counts)]).astype(np.int64)
-        ends, full = ends[order].astype(np.int64), full[order]
+        ends, full = ends[order].astype(np.int64, copy=False), full[order]
         full_offsets = np.concatenate([[0], np.cumsum(counts[ids])]).astype(np.int64)
         return cls([keys[i] for i in ids], offsets, ends, full_offsets, ends[full], n_indexed)
 
@@ -130,16 +130,15 @@ class _Indexed:
     """The indexed tokens of a shard, concatenated: ids, absolute positions and span offsets."""
 
     def __init__(self, shard: np.ndarray, index_tokens: int, dtype=None) -> None:
-        self.spans = index_spans(len(shard), index_tokens)
-        if len(self.spans) == 1:
-            a, b = self.spans[0]
+        spans = index_spans(len(shard), index_tokens)
+        if len(spans) == 1:  # a view of the shard, no copy
+            a, b = spans[0]
             self.ids = np.asarray(shard[a:b], dtype=dtype)
         else:
-            self.ids = np.concatenate([np.asarray(shard[a:b], dtype=dtype) for a, b in self.spans])
-        lengths = np.asarray([b - a for a, b in self.spans], dtype=np.int64)
-        self.local_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self.shift = np.asarray([a for a, _ in self.spans], dtype=np.int64) - self.local_starts
-        self.lengths = lengths
+            self.ids = np.concatenate([np.asarray(shard[a:b], dtype=dtype) for a, b in spans])
+        self.lengths = np.asarray([b - a for a, b in spans], dtype=np.int64)
+        self.local_starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.shift = np.asarray([a for a, _ in spans], dtype=np.int64) - self.local_starts
 
     def __len__(self) -> int:
         return len(self.ids)

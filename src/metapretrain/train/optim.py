@@ -33,19 +33,15 @@ def use_fused(setting: str, device: torch.device, params: list[torch.Tensor] = (
     plain ones (a step kind's replicated episode head), so auto leaves such a mix to
     the multi-tensor kernel, and `on` refuses it.
     """
-    mixed = len({_is_dtensor(p) for p in params}) > 1
+    from torch.distributed.tensor import DTensor
+
+    mixed = len({isinstance(p, DTensor) for p in params}) > 1
     if setting == "on":
         if mixed:
             raise ValueError("train.fused_adamw: on cannot update FSDP-sharded parameters together with the step "
                              "kind's unsharded ones (torch's fused AdamW takes one kind); use auto or off")
         return True
     return setting == "auto" and device.type in ("cpu", "cuda") and not mixed
-
-
-def _is_dtensor(p: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(p, DTensor)
 
 
 def build_optimizer(model: nn.Module, extra: list[nn.Parameter], train, device: torch.device) -> torch.optim.AdamW:
