@@ -243,8 +243,8 @@ def test_status_shows_queued_job_and_cancel_cli_cancels_live_jobs(tmp_path, monk
     assert "no live SLURM jobs" in capfd.readouterr().out
 
 
-def pretrain_run(tmp_path: Path, name: str, launcher: str, steps: int) -> Path:
-    """A tiny hybrid FOMAML pretraining run directory (micro model, 64-token sequences)."""
+def pretrain_run(tmp_path: Path, name: str, launcher: str, steps: int, **train) -> Path:
+    """A tiny hybrid FOMAML pretraining run directory (micro model, 64-token sequences); `train` overrides keys."""
     from metapretrain.grid import load_experiment
     from metapretrain.grid_cli import write_run_files
 
@@ -252,7 +252,7 @@ def pretrain_run(tmp_path: Path, name: str, launcher: str, steps: int) -> Path:
         "model": {"preset": "micro"},
         "train": {"budget": {"unit": "steps", "value": steps}, "batch_size": 8, "seq_len": 64, "warmup_steps": 2,
                   "eval_every": 10, "eval_batches": 2, "log_every": 1,
-                  "checkpoint": {"every": 10, "log_spaced": 0, "export_hf": "none"}},
+                  "checkpoint": {"every": 10, "log_spaced": 0, "export_hf": "none"}} | train,
         "meta": {"learner": "fomaml", "hybrid_ratio": 0.5, "episode": {"n_way": 4, "k_shot": 2, "q_query": 2,
                  "window": 16}, "head": {"layers": 1, "width": 32}, "inner": {"steps": 2}},
         "launch": {"launcher": launcher, "max_requeues": 2, "slurm": {"time_min": 10}},
@@ -271,13 +271,22 @@ def test_pretrain_preempted_on_slurm_matches_local_run(tmp_path, tokenized_dir, 
     """A real pretraining run signalled mid-run (as SLURM does before a time limit or a preemption) saves,
     is requeued under the same job id, resumes, and ends exactly like the same run done locally.
 
-    The signal is sent with `scancel --signal=USR2` once training is under way, so the test does not depend
-    on when SLURM's periodic time-limit check fires (the probe test above covers a real time limit).
+    Nothing here depends on how fast the machine trains. The first attempt's budget is unreachable
+    (10^9 updates), so it can only end by handling the signal, at whatever step N that happens. Before
+    the signal is sent, the run's config on disk is given its real budget (40; `train.budget` may change
+    between attempts, and the running attempt has already read its config), so the requeued attempt
+    trains on to max(N, 40). The local reference run then trains to exactly that step. The schedule's
+    length (`decay_steps`) and `compile` are fixed, so neither depends on the budget, and every update is
+    evaluated, so both runs log the same records wherever N falls. `scancel --signal=USR2` stands in for
+    SLURM's own warning, so the test does not depend on when SLURM's periodic time-limit check fires (the
+    probe test above covers a real time limit).
     """
     from metapretrain.config import load_run_config
+    from metapretrain.io import atomic_write_text
 
     steps = 40
-    runs = {launcher: pretrain_run(tmp_path, launcher, launcher, steps) for launcher in ("slurm", "local")}
+    fixed = {"decay_steps": steps, "compile": "off", "eval_every": 1}
+    slurm_run = pretrain_run(tmp_path, "slurm", "slurm", 10**9, **fixed)
 
     def pretrain(run_dir: Path) -> int:
         cfg = load_run_config(paths.resolved_config(run_dir))
@@ -290,26 +299,31 @@ def test_pretrain_preempted_on_slurm_matches_local_run(tmp_path, tokenized_dir, 
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return 0
 
-    thread, out = in_thread(pretrain, runs["slurm"])
-    local_thread, local_out = in_thread(pretrain, runs["local"])
-    wait_until(lambda: trained_steps(runs["slurm"]) >= 12, 120, "pretraining on SLURM to reach step 12")
-    job_id = jobs.read_record(runs["slurm"], "pretrain").job_id
+    thread, out = in_thread(pretrain, slurm_run)
+    wait_until(lambda: trained_steps(slurm_run) >= 12, 120, "pretraining on SLURM to reach step 12")
+    resolved = paths.resolved_config(slurm_run)
+    cfg = yaml.safe_load(resolved.read_text())
+    cfg["train"]["budget"]["value"] = steps
+    atomic_write_text(resolved, yaml.safe_dump(cfg, sort_keys=True))
+    job_id = jobs.read_record(slurm_run, "pretrain").job_id
     slurm._run(["scancel", "--signal=USR2", job_id])
-    local_thread.join(timeout=240)
-    assert local_out["rc"] == 0
     thread.join(timeout=240)
     assert not thread.is_alive() and out["rc"] == 0, capfd.readouterr().err
 
-    log = paths.log_file(runs["slurm"], "pretrain").read_text()
+    log = paths.log_file(slurm_run, "pretrain").read_text()
     assert "caught SIGUSR2" in log and "requeueing (requeue 1 of at most 2)" in log, log[-3000:]
     assert "pretrain: resuming from step_" in log and f"SLURM job {job_id} (restart count 1)" in log
     [row] = sacct("-j", job_id)
     assert row["State"] == "COMPLETED" and "gres/gpu=1" in row["AllocTRES"], row
-    slurm_records, local_records = train_records(runs["slurm"]), train_records(runs["local"])
-    assert slurm_records[-1]["step"] == steps
+    slurm_records = train_records(slurm_run)
+    final = slurm_records[-1]["step"]
+    assert final >= steps and final >= 12
+    local_run = pretrain_run(tmp_path, "local", "local", final, **fixed)
+    assert pretrain(local_run) == 0
+    local_records = train_records(local_run)
     losses = [(r["kind"], r["step"], r.get("loss", r.get("val_loss"))) for r in slurm_records]
     assert losses == [(r["kind"], r["step"], r.get("loss", r.get("val_loss"))) for r in local_records]
-    done = [json.loads((paths.pretrain_dir(d) / "done.json").read_text()) for d in runs.values()]
+    done = [json.loads((paths.pretrain_dir(d) / "done.json").read_text()) for d in (slurm_run, local_run)]
     assert done[0]["final_val_loss"] == done[1]["final_val_loss"]
 
 

@@ -28,8 +28,15 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, re.M)}
 
 
-def test_default_config_dry_run_from_repo_root():
-    proc = subprocess.run([SNAKEMAKE, "-n", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_default_config_dry_run_from_repo_root(tmp_path):
+    """`snakemake -n` in the repository finds config/config.yaml and plans the whole default grid.
+
+    The results go to a temporary directory ($METAPRETRAIN_RESULTS): after a user's `make demo` the
+    repository's own results/ has nothing left to plan, and a test must not depend on what was run.
+    """
+    env = dict(os.environ, METAPRETRAIN_RESULTS=str(tmp_path / "results"))
+    proc = subprocess.run([SNAKEMAKE, "-n", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["pretrain"] == 2 and counts["tokenize"] == 1 and counts["finetune"] == 4 and counts["dynamics"] == 2
