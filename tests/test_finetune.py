@@ -221,6 +221,28 @@ def test_head_regime_freezes_the_backbone_bit_for_bit_and_full_does_not(tiny_run
         assert [len(p) for p in pred] == [x.n_words for x in dev.items]
 
 
+def test_early_stopping_counts_a_lower_dev_loss_at_equal_f1_as_progress():
+    from metapretrain.finetune.train import improved
+
+    assert improved(0.0, 1.0, None, None)
+    assert improved(0.2, 9.0, 0.1, 1.0)  # F1 decides first
+    assert not improved(0.1, 0.5, 0.2, 1.0)
+    assert improved(0.0, 0.9, 0.0, 1.0)  # F1 flat at 0 while the head still learns
+    assert not improved(0.0, 1.0, 0.0, 1.0) and not improved(0.0, 1.1, 0.0, 1.0)
+
+
+def test_flat_zero_dev_f1_does_not_stop_a_head_that_is_still_learning(tiny_run, data_root):
+    """With dev F1 stuck at 0 (a barely pretrained model), a strict F1 rule stopped after `patience`
+    epochs; the dev-loss tie-break keeps training while the dev loss falls."""
+    clf, enc = classifier(tiny_run)
+    train, dev, names = _sources(clf, enc, data_root, "head")
+    res = fit(clf, train, dev, names, regime="head", epochs=4, batch_size=8, lr=1e-4, head_lr=1e-4,
+              weight_decay=0.0, patience=1, seed=0)
+    losses = [h["dev_loss"] for h in res.history]
+    assert len(res.history) == 4 and all(b < a for a, b in zip(losses, losses[1:], strict=False)), res.history
+    assert res.best_epoch == 4
+
+
 def test_killed_finetune_resumes_with_identical_history(tiny_run, data_root, tmp_path):
     def run(epochs, state):
         clf, enc = classifier(tiny_run)

@@ -3,7 +3,7 @@
     metapretrain finetune --run-dir RUN --train-set NAME --regime head|full
 
 Writes `RUN/finetune/<train_set>~<regime>/`: `results.csv` (tidy rows, see
-docs/architecture.md), `history.csv` (epoch, train loss, dev micro-F1) and
+docs/architecture.md), `history.csv` (epoch, train loss, dev micro-F1, dev loss) and
 `done.json` last. `NAME` is a treebank directory with a train split, or `all`
 (the union of every train split present, with the union of their dev splits
 for early stopping). Test sets are discovered in `finetune.data_dir`, so a
@@ -164,8 +164,9 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
             print(f"  {eval_set:<22} {kind:<13} micro-F1 {metrics['micro_f1']:.4f}", flush=True)
 
     atomic_write_text(out / "results.csv", _csv(RESULT_COLUMNS, rows))
-    hist_rows = [[h["epoch"], h["train_loss"], h.get("dev_micro_f1", "")] for h in result.history]
-    atomic_write_text(out / "history.csv", _csv(["epoch", "train_loss", "dev_micro_f1"], hist_rows))
+    hist_rows = [[h["epoch"], h["train_loss"], h.get("dev_micro_f1", ""), h.get("dev_loss", "")]
+                 for h in result.history]
+    atomic_write_text(out / "history.csv", _csv(["epoch", "train_loss", "dev_micro_f1", "dev_loss"], hist_rows))
     write_done(out, "finetune", run_id, ["results.csv", "history.csv"],
                extra={"unofficial_train": {tb: str(p) for tb, p in extra.items() if tb in sources},
                       "train_set": train_set, "regime": regime, "checkpoint_step": ckpt.step,

@@ -25,9 +25,10 @@ from metapretrain.train.optim import use_fused
 
 @dataclass
 class FitResult:
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, dev_micro_f1
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, dev_micro_f1, dev_loss
     best_epoch: int = 0
     best_dev_f1: float | None = None
+    best_dev_loss: float | None = None
 
 
 def _pad_features(feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -81,6 +82,30 @@ def dev_f1(clf, source: FeatureSource, id2label, batch_size: int) -> float:
     return score([list(x.gold) for x in source.items], pred)["micro_f1"]
 
 
+@torch.no_grad()
+def dev_loss(clf: TokenClassifier, source: FeatureSource, batch_size: int) -> float:
+    """The training loss on the dev set, averaged over words."""
+    total, words = 0.0, 0
+    kept = [i for i, x in enumerate(source.items) if x.starts]  # sentences whose words were all truncated away
+    for idx in length_batches([source.items[i] for i in kept], batch_size):
+        feats, labels, mask = source.batch([kept[i] for i in idx])
+        n = int(mask.sum())
+        total += float(clf.loss(clf.emissions(feats), labels, mask)) * n
+        words += n
+    return total / max(words, 1)
+
+
+def improved(f1: float, loss: float, best_f1: float | None, best_loss: float | None) -> bool:
+    """Early stopping's notion of a better epoch: a higher dev micro-F1, or the same F1 at a lower dev loss.
+
+    The tie-break matters early and for weak models: F1 stays at exactly 0 (or any value) for several
+    epochs while the head is still learning, and a strict F1 rule would stop such a run.
+    """
+    if best_f1 is None:
+        return True
+    return f1 > best_f1 or (f1 == best_f1 and (best_loss is None or loss < best_loss))
+
+
 def _optimizer(clf: TokenClassifier, regime: str, lr: float, head_lr: float | None, weight_decay: float):
     head = clf.head_parameters()
     head_ids = {id(p) for p in head}
@@ -123,7 +148,7 @@ def fit(clf: TokenClassifier, train: FeatureSource, dev: FeatureSource | None, i
         clf.load_state_dict(st["model"], strict=False)
         opt.load_state_dict(st["optimizer"])
         best_state, bad, start = st["best_state"], st["bad_epochs"], st["epoch"]
-        result = FitResult(st["history"], st["best_epoch"], st["best_dev_f1"])
+        result = FitResult(st["history"], st["best_epoch"], st["best_dev_f1"], st.get("best_dev_loss"))
     trainable = [i for i, x in enumerate(train.items) if x.starts]  # a sentence with no kept word teaches nothing
     n_batches = (len(trainable) + batch_size - 1) // batch_size
     stopped = start > 0 and patience is not None and bad >= patience
@@ -143,10 +168,10 @@ def fit(clf: TokenClassifier, train: FeatureSource, dev: FeatureSource | None, i
                 progress.update(epoch * n_batches + k + 1, epoch=epoch + 1, loss=f"{total / count:.4f}")
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if dev is not None and dev.items:
-            f1 = dev_f1(clf, dev, id2label, batch_size)
-            row["dev_micro_f1"] = f1
-            if result.best_dev_f1 is None or f1 > result.best_dev_f1:
-                result.best_dev_f1, result.best_epoch, bad = f1, epoch + 1, 0
+            f1, loss_dev = dev_f1(clf, dev, id2label, batch_size), dev_loss(clf, dev, batch_size)
+            row["dev_micro_f1"], row["dev_loss"] = f1, loss_dev
+            if improved(f1, loss_dev, result.best_dev_f1, result.best_dev_loss):
+                result.best_dev_f1, result.best_dev_loss, result.best_epoch, bad = f1, loss_dev, epoch + 1, 0
                 best_state = _trainable_state(clf, regime)
             else:
                 bad += 1
@@ -169,6 +194,7 @@ def _save_state(path: Path, clf, regime, opt, epoch, best_state, bad, result: Fi
 
     state = {"model": _trainable_state(clf, regime), "optimizer": copy.deepcopy(opt.state_dict()), "epoch": epoch,
              "best_state": best_state, "bad_epochs": bad, "history": result.history,
-             "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1}
+             "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
+             "best_dev_loss": result.best_dev_loss}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
