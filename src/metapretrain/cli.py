@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(module.main(rest) or 0)
-    except ConfigError as exc:
-        print(f"metapretrain {name}: config error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # a bad input value: one line naming file:line (or the argument), no traceback
+        print(f"metapretrain {name}: error: {exc}", file=sys.stderr)
         return 2
 
 
