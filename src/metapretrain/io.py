@@ -1,4 +1,4 @@
-"""File helpers: atomic writes, checksums, JSON, and `done.json` markers."""
+"""File helpers: atomic writes with the umask's modes, checksums, JSON, and `done.json` markers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,36 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it process-wide,
+    which would race with threads creating files)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as fh:
+        return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path, *, tree: bool = False) -> Path:
+    """Give `path` (and with `tree` everything under it) the mode `mkdir`/`open` would give it under the umask.
+
+    `tempfile.mkdtemp`/`mkstemp` make 0700/0600 names, and some writers (safetensors) write 0600 files
+    whatever the umask; an output renamed into place keeps that mode, so a teammate sharing results/
+    could not read a checkpoint or an export.
+    """
+    path, mask = Path(path), umask()
+    for p in [path, *(path.rglob("*") if tree and path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def make_temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """A new temporary directory in `parent` (created if missing) that becomes an output: mode as `mkdir`'s."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return follow_umask(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`."""
@@ -19,9 +49,9 @@ def atomic_path(path: str | Path, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should follow the umask
     try:
         yield Path(tmp)
+        follow_umask(tmp)  # after the writer: one that replaces the file (safetensors) would undo it before
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -29,12 +59,6 @@ def atomic_path(path: str | Path, suffix: str = ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -13,8 +13,9 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from metapretrain.io import follow_umask, make_temp_dir
 
 # Our parameter name suffix -> transformers' (per layer "layers.{i}." prefix kept).
 _LAYER_MAP = {
@@ -123,12 +124,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer_json: s
     model, _ = load_model(checkpoint)
     special = _special_ids(tokenizer_json)
     hf = to_llama(model, special)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer_json is not None:
             save_tokenizer(tokenizer_json, tmp, special)
+        follow_umask(tmp, tree=True)  # safetensors writes 0600 files
         if out.exists():
             trash = out.with_name(f".{out.name}.old.{os.getpid()}")
             os.replace(out, trash)

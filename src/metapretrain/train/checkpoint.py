@@ -31,12 +31,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import read_json, sha256_file, write_json
+from metapretrain.io import follow_umask, make_temp_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_debris(run_dir)
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+        return make_temp_dir(root, prefix=f".{final.name}.", suffix=".tmp")
     except OSError as exc:
         raise CheckpointError(f"{final}: cannot write the checkpoint ({_describe(exc, root)})") from exc
 
@@ -120,6 +119,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
             _discard(final)
         if (tmp / DCP_DIR).is_dir():
             _fsync_dir(tmp / DCP_DIR)
+        follow_umask(tmp, tree=True)  # safetensors writes 0600 files
         os.replace(tmp, final)
         _fsync_dir(root)
     except Exception as exc:  # disk full, I/O error, quota: say where, keep the older checkpoints as they are
