@@ -98,3 +98,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_run_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_run_config(tmp_path / "nope.yaml")
+    bad.write_bytes(b"train:\n  lr: na\xefve\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: invalid UTF-8") as info:
+        load_run_config(bad)
+    assert (info.value.file, info.value.line) == (str(bad), 2)

@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     from metapretrain.config.errors import ConfigError
+    from metapretrain.io import InputError
 
     try:
         return int(module.main(rest) or 0)
-    except ConfigError as exc:  # a bad input value: one line naming file:line (or the argument), no traceback
+    except (ConfigError, InputError) as exc:  # a bad input file or value: one line naming file:line, no traceback
         print(f"metapretrain {name}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,11 +32,15 @@ class PositionedYAML:
 
     @classmethod
     def from_file(cls, path: str | Path) -> PositionedYAML:
+        from metapretrain.io import InputError, read_text
+
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except FileNotFoundError:
             raise ConfigError("file not found", file=str(path)) from None
+        except InputError as exc:
+            raise ConfigError(exc.problem, file=exc.file, line=exc.line) from None
         return cls(text, str(path))
 
     def _walk(self, node: yaml.Node, path: tuple) -> None:

@@ -97,11 +97,9 @@ def save_tokenizer(tokenizer_json: Path, out: Path, special_tokens: dict[str, in
 def _special_ids(tokenizer_json: Path | None) -> dict[str, int]:
     if tokenizer_json is None:
         return {}
-    from tokenizers import Tokenizer
+    from metapretrain.data.tokenizer import read_tokenizer, special_token_ids
 
-    from metapretrain.data.tokenizer import special_token_ids
-
-    return {k: v for k, v in special_token_ids(Tokenizer.from_file(str(tokenizer_json))).items() if v is not None}
+    return {k: v for k, v in special_token_ids(read_tokenizer(tokenizer_json)).items() if v is not None}
 
 
 def default_tokenizer(checkpoint: Path) -> Path | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import follow_umask, make_temp_dir, read_json, sha256_file, write_json
+from metapretrain.io import InputError, follow_umask, make_temp_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,8 @@ def read_manifest(path: str | Path) -> dict:
         manifest = read_json(path / MANIFEST)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST})") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
+    except InputError as exc:
+        raise CheckpointError(f"{exc} (the checkpoint's manifest is unreadable)") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path / MANIFEST}: not a JSON object")
     for key in ("step", "tokens", "flops", "files"):
@@ -367,7 +367,9 @@ def _tokenizer_size(tokenizer: Path) -> int:
         vocab = spec["model"]["vocab"]
         ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
         ids += [t["id"] for t in spec.get("added_tokens") or []]
-    except (ValueError, KeyError, TypeError) as exc:
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{tokenizer}: not a readable tokenizer.json ({type(exc).__name__}: {exc})") from None
     return max(ids) + 1 if ids else 0
 
