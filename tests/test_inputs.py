@@ -88,3 +88,19 @@ def test_figures_skip_a_bad_metrics_line_with_a_warning(tmp_path, caplog):
     train, _ = read_metrics(f)
     assert list(train["step"]) == [1, 3]
     assert f"{f}:2: invalid UTF-8" in caplog.text and "skipping the record" in caplog.text
+
+
+def test_dynamics_table_repair_names_a_bad_line(tmp_path):
+    """Without its commit record the table is re-read to repair it: a bad byte is file:line, not a traceback."""
+    from metapretrain.dynamics.store import COLUMNS, DynamicsTable
+
+    t = DynamicsTable(tmp_path / "dynamics.csv", {"run": "r"})
+    t.append(0, [("r", 0, 0, 0.0, 0, "attn", "", "rank", 1.5)])
+    t.append(5, [("r", 5, 5, 1.0, 0, "attn", "", "rank", 2.5)])
+    assert [r["step"] for r in t.rows()] == ["0", "5"] and tuple(t.rows()[0]) == COLUMNS
+    t.commit_path.unlink()
+    data = t.path.read_bytes().split(b"\n")
+    data[1] = data[1].replace(b"attn", b"at\xffn")
+    t.path.write_bytes(b"\n".join(data))
+    with pytest.raises(InputError, match=r"dynamics\.csv:2: invalid UTF-8"):
+        DynamicsTable(t.path, {"run": "r"})
