@@ -1,5 +1,5 @@
 """Bad input, table-driven: every case must fail with a message naming the file and the key or
-line, and must leave everything already in results/ byte-for-byte unchanged."""
+line, print no traceback, and leave everything already in results/ byte-for-byte unchanged."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_bad_corpus(tmp_path, results, case, name, data, needle):
     proc = run_cli(["tokenize", "--config", str(cfg), "--out", str(out)], tmp_path)
     assert proc.returncode == 1
     assert needle in proc.stderr, proc.stderr
-    assert str(data_root) in proc.stderr
+    assert str(data_root) in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(results) == before
 
 
@@ -128,7 +128,7 @@ UNER_CASES = [
     ("uner-no-final-newline", "1\tA\tO\t-\t-\n\n1\tB\tO\t-\t-", 3, "no newline at the end", []),
     ("uner-broken-iob2", "1\tA\tO\t-\t-\n2\tB\tI-PER\t-\t-\n\n", 2, "I-PER after O breaks IOB2",
      ["--invalid-transition", "error"]),
-    ("uner-bad-utf8", b"1\tna\xefve\tO\t-\t-\n\n", None, "not UTF-8", []),
+    ("uner-bad-utf8", b"1\tA\tO\t-\t-\n2\tna\xefve\tO\t-\t-\n\n", 2, "invalid UTF-8", []),
 ]
 
 
@@ -143,7 +143,7 @@ def test_bad_uner_file(tmp_path, results, case, text, line, needle, opts):
     proc = run_cli(["uner", "stats", str(uner), *opts], tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     prefix = f"{bad}:{line}: " if line is not None else f"{bad}: "
-    assert prefix in proc.stderr and needle in proc.stderr, proc.stderr
+    assert prefix in proc.stderr and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert snapshot(results) == before
 
 
@@ -300,8 +300,163 @@ def test_bad_checkpoint(tmp_path, results, trained, case, damage):
     assert not (tmp_path / "hf").exists()
 
 
+# ------------------------------------------------------------------------ invalid UTF-8, every file kind
+def _bad_byte(path: Path, line: int) -> Path:
+    """Append an invalid UTF-8 byte to `line` (1-based) of `path`."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] += b"\xff"
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+def _exp_file(tmp: Path, extra: str = "") -> Path:
+    f = tmp / "exp.yaml"
+    f.write_text(EXP_HEAD + "defaults:\n  finetune: {enabled: false}\n  dynamics: {enabled: false}\n"
+                 "grid:\n  seed: [2]\n" + extra)
+    return f
+
+
+def _u_experiment(res: Path, run: Path, tmp: Path):
+    f = _bad_byte(_exp_file(tmp), 3)
+    return ["grid", "validate", str(f)], f, 3, 2
+
+
+def _u_experiment_status(res: Path, run: Path, tmp: Path):
+    f = _bad_byte(_exp_file(tmp), 4)
+    return ["status", str(f)], f, 4, 2
+
+
+def _u_run_config(res: Path, run: Path, tmp: Path):
+    f = _bad_byte(run / "config.resolved.yaml", 5)
+    return ["pretrain", "--run-dir", str(run), "--data", str(res / "bad" / "tokenize" / "kept")], f, 5, 2
+
+
+def _u_tokenize_config(res: Path, run: Path, tmp: Path):
+    import json
+
+    f = tmp / "tok.yaml"
+    f.write_text(json.dumps(small_tokenize_config(tmp), indent=1))
+    _bad_byte(f, 4)
+    return ["tokenize", "--config", str(f), "--out", str(res / "bad" / "tokenize" / "kept")], f, 4, 2
+
+
+def _u_tokenizer_json(res: Path, run: Path, tmp: Path):
+    import json
+
+    (tmp / "corpus").mkdir()
+    (tmp / "corpus" / "a.txt").write_text("some text\n" * 50)
+    tok = tmp / "tokenizer.json"
+    tok.write_text(json.dumps(json.loads((res / "bad" / "tokenize" / "kept" / "tokenizer.json").read_text()), indent=1))
+    _bad_byte(tok, 7)
+    cfg = small_tokenize_config(tmp)
+    cfg["tokenizer"] |= {"kind": "pretrained", "path": str(tok)}
+    f = tmp / "tok.yaml"
+    f.write_text(json.dumps(cfg))
+    return ["tokenize", "--config", str(f), "--out", str(res / "bad" / "tokenize" / "kept")], tok, 7, 1
+
+
+def _u_metrics(res: Path, run: Path, tmp: Path):
+    (run / "pretrain" / "done.json").unlink()  # a resume reads metrics.jsonl to cut it back to the checkpoint
+    f = _bad_byte(run / "pretrain" / "metrics.jsonl", 2)
+    return ["pretrain", "--run-dir", str(run), "--data", str(res / "bad" / "tokenize" / "kept")], f, 2, 1
+
+
+def _u_run_json(res: Path, run: Path, tmp: Path):
+    import json
+
+    (run / "pretrain" / "done.json").unlink()
+    f = run / "run.json"
+    f.write_text(json.dumps(json.loads(f.read_text()), indent=1))
+    _bad_byte(f, 3)
+    return ["pretrain", "--run-dir", str(run), "--data", str(res / "bad" / "tokenize" / "kept")], f, 3, 2
+
+
+def _u_token_manifest(res: Path, run: Path, tmp: Path):
+    (run / "pretrain" / "done.json").unlink()
+    f = _bad_byte(res / "bad" / "tokenize" / "kept" / "manifest.json", 4)
+    return ["pretrain", "--run-dir", str(run), "--data", str(f.parent)], f, 4, 1
+
+
+def _u_checkpoint_manifest(res: Path, run: Path, tmp: Path):
+    d = run / "pretrain" / "checkpoints" / "step_00000002"
+    f = _bad_byte(d / "manifest.json", 3)
+    return ["export", "--checkpoint", str(d), "--out", str(tmp / "hf")], f, 3, 1
+
+
+def _u_job_record(res: Path, run: Path, tmp: Path):
+    """A job record is a hint: `status` warns naming file:line and reports the stage from its files."""
+    from metapretrain.io import write_json
+
+    f = res / "bad" / "runs" / "seed~2" / "logs" / "pretrain.job.json"
+    write_json(f, {"stage": "pretrain", "run_id": "seed~2", "launcher": "local", "job_id": "1", "state": "FAILED"})
+    _bad_byte(f, 5)
+    return ["status", str(_exp_file(tmp))], f, 5, 0
+
+
+def _u_done_json(res: Path, run: Path, tmp: Path):
+    """`doctor` reports a done.json it cannot read as damaged (exit 1: something needs attention)."""
+    f = _bad_byte(run / "pretrain" / "done.json", 3)
+    return ["doctor", str(_exp_file(tmp))], f, 3, 1
+
+
+def _u_run_json_doctor(res: Path, run: Path, tmp: Path):
+    """`doctor` warns about a run.json it cannot read and reports the run as changed (its hash is unknown)."""
+    import json
+
+    f = run / "run.json"
+    f.write_text(json.dumps(json.loads(f.read_text()), indent=1))
+    _bad_byte(f, 2)
+    return ["doctor", str(_exp_file(tmp))], f, 2, 1
+
+
+def _u_results_csv(res: Path, run: Path, tmp: Path):
+    from metapretrain.finetune.stage import RESULT_COLUMNS
+    from metapretrain.io import write_done
+
+    d = run / "finetune" / "Danish-DDT~head"
+    d.mkdir(parents=True)
+    row = "seed~2,,Danish-DDT,head,Danish-DDT,test,in_language,micro_f1,0.5\n"
+    (d / "results.csv").write_text(",".join(RESULT_COLUMNS) + "\n" + row + row)
+    write_done(d, "finetune", "seed~2", ["results.csv"])
+    f = _bad_byte(d / "results.csv", 3)
+    return ["ner-table", "--experiment-dir", str(res / "bad"), "--out", str(res / "bad" / "ner")], f, 3, 2
+
+
+def _u_grid_yaml(res: Path, run: Path, tmp: Path):
+    f = res / "bad" / "grid.yaml"
+    f.write_text("experiment: bad\naxes: [seed]\nruns:\n- run_id: seed~2\n  axes: {seed: '2'}\n")
+    _bad_byte(f, 4)
+    return ["figures", "--experiment-dir", str(res / "bad")], f, 4, 2
+
+
+UTF8_CASES = [("utf8-experiment-file", _u_experiment), ("utf8-experiment-file-status", _u_experiment_status),
+              ("utf8-run-config", _u_run_config), ("utf8-tokenize-config", _u_tokenize_config),
+              ("utf8-tokenizer-json", _u_tokenizer_json), ("utf8-metrics-jsonl", _u_metrics),
+              ("utf8-run-json", _u_run_json), ("utf8-token-manifest", _u_token_manifest),
+              ("utf8-checkpoint-manifest", _u_checkpoint_manifest), ("utf8-job-record", _u_job_record),
+              ("utf8-done-json", _u_done_json), ("utf8-run-json-doctor", _u_run_json_doctor), ("utf8-results-csv", _u_results_csv),
+              ("utf8-grid-yaml", _u_grid_yaml)]
+
+
+@pytest.mark.parametrize(("case", "damage"), UTF8_CASES, ids=[c[0] for c in UTF8_CASES])
+def test_invalid_utf8(tmp_path, results, trained, case, damage):
+    """Invalid UTF-8 at a known line of any file a command reads: the message names file:line, no traceback,
+    and nothing already written changes (the CSV/UNER/corpus tables above cover those files' own cases)."""
+    run = results / "bad" / "runs" / "seed~2"
+    shutil.copytree(trained, run)
+    args, bad, line, code = damage(results, run, tmp_path)
+    before = snapshot(results)
+    proc = run_cli(args, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out[-3000:]
+    assert f"{bad}:{line}: invalid UTF-8" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert changed(before, snapshot(results)) == []
+    assert not (tmp_path / "hf").exists()
+
+
 def test_case_count():
     """The suite keeps at least 30 bad-input cases across configs, corpora, UNER files and checkpoints."""
-    n = len(CONFIG_CASES) + len(CORPUS_CASES) + len(UNER_CASES) + len(CHECKPOINT_CASES)
+    n = len(CONFIG_CASES) + len(CORPUS_CASES) + len(UNER_CASES) + len(CHECKPOINT_CASES) + len(UTF8_CASES)
     assert n >= 30
     print(f"\nBAD INPUTS tried: {n}")

@@ -75,7 +75,7 @@ def test_model_section_resolves_preset_with_overrides():
         ("corpus:\n  sources:\n    - {type: files}\n", "corpus.sources[0]", 3, "paths"),
         ("train: [1, 2]\n", "train", 1, "expected a mapping"),
         ("seed: -1\n", "seed", 1, ">= 0"),
-        ("train:\n  budget: {unit: flops, value: 1e12}\n", "train.budget.value", 2, "write the exponent with a sign, e.g. 1.0e+12"),
+        ("train:\n  lr: '1e-3'\n", "train.lr", 2, "got '1e-3'; expected a number > 0"),  # quoted: a string
     ],
 )
 def test_config_errors_name_file_line_key(tmp_path, text, key, line, needle):
@@ -98,3 +98,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_run_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_run_config(tmp_path / "nope.yaml")
+    bad.write_bytes(b"train:\n  lr: na\xefve\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: invalid UTF-8") as info:
+        load_run_config(bad)
+    assert (info.value.file, info.value.line) == (str(bad), 2)

@@ -117,7 +117,7 @@ def test_local_launch_resumes_and_reports_failures_in_one_line(tmp_path, capfd):
     assert run.run_stage("finetune/X~head", tmp_path, cfg("local"), PROBE,
                          {"state_file": str(state), "steps": 4, "step_s": 0}) == 1
     err = capfd.readouterr().err
-    assert "failed: local job" in err and "JSONDecodeError" in err and str(log) in err
+    assert "failed: local job" in err and f"InputError: {state}:1:2: not valid JSON" in err and str(log) in err
     assert jobs.read_record(tmp_path, "finetune/X~head").state == "FAILED"
 
 

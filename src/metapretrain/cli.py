@@ -52,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     from metapretrain.config.errors import ConfigError
+    from metapretrain.io import InputError
 
     try:
         return int(module.main(rest) or 0)
-    except ConfigError as exc:
-        print(f"metapretrain {name}: config error: {exc}", file=sys.stderr)
+    except (ConfigError, InputError) as exc:  # a bad input file or value: one line naming file:line, no traceback
+        print(f"metapretrain {name}: error: {exc}", file=sys.stderr)
         return 2
 
 

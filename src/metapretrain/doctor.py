@@ -17,17 +17,22 @@ import sys
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import done_problem
+from metapretrain.io import InputError, done_problem, read_json
 
 
-def find_run_dirs(exp_name: str) -> dict[str, Path]:
+def find_run_dirs(exp_name: str) -> dict[str, tuple[Path, dict | None]]:
+    """{run id: (run directory, its run.json or None when unreadable)}; an unreadable one is warned
+    about (file:line) and keyed by its directory."""
     root = paths.experiment_dir(exp_name) / "runs"
     out = {}
     for rec in root.rglob("run.json") if root.exists() else []:
         try:
-            out[json.loads(rec.read_text())["run_id"]] = rec.parent
-        except (json.JSONDecodeError, KeyError):
-            out[str(rec.parent.relative_to(root))] = rec.parent
+            info = read_json(rec)
+            out[str(info["run_id"])] = (rec.parent, info)
+        except (InputError, KeyError, TypeError) as exc:
+            problem = str(exc) if isinstance(exc, InputError) else f"{rec}: no run_id"
+            print(f"metapretrain doctor: warning: {problem}; its recorded hash is unknown", file=sys.stderr)
+            out[str(rec.parent.relative_to(root))] = (rec.parent, None)
     return out
 
 
@@ -58,11 +63,11 @@ def diagnose(exp) -> dict[str, list[dict]]:
         if problem:
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": "damaged",
                                          "log": row.log, "detail": problem})
-    for run_id, directory in sorted(on_disk.items()):
+    for run_id, (directory, info) in sorted(on_disk.items()):
         if run_id not in grid:
             report["orphaned"].append({"run_id": run_id, "path": str(directory)})
             continue
-        recorded = json.loads((directory / "run.json").read_text()).get("hash")
+        recorded = (info or {}).get("hash")
         if recorded != grid[run_id].hash:
             report["changed"].append({"run_id": run_id, "path": str(directory), "recorded_hash": recorded,
                                       "current_hash": grid[run_id].hash})

@@ -20,6 +20,7 @@ from typing import Any
 from metapretrain.config.errors import ConfigError, suggest
 from metapretrain.config.schema import experiment_schema, fill_defaults, known_keys, run_schema, subschema, validate
 from metapretrain.config.types import RunConfig
+from metapretrain.config.values import coerce_strings
 from metapretrain.config.yamlpos import PositionedYAML
 
 # Sections that say how and where a run executes, not what it computes:
@@ -364,26 +365,9 @@ def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: di
 # --------------------------------------------------------------------------- Snakemake --config
 
 
-def _coerce(value: Any) -> Any:
-    """Snakemake parses nested --config values as strings: give YAML scalars their types back."""
-    import yaml
-
-    if isinstance(value, dict):
-        return {k: _coerce(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_coerce(v) for v in value]
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        loaded = yaml.safe_load(value) if value else value
-        return loaded if isinstance(loaded, (bool, type(None))) else value
-    return value
+def _coerce(value: Any, where: str) -> Any:
+    """Snakemake hands nested `--config` values (and `set=` items) over as strings: read them as a config file would."""
+    return coerce_strings(value, where=f"--config {where}")
 
 
 def overrides_from_snakemake(entries: dict) -> tuple[dict, str | None]:
@@ -404,18 +388,18 @@ def overrides_from_snakemake(entries: dict) -> tuple[dict, str | None]:
                 if "=" not in item:
                     raise ConfigError(f"--config set= expects space-separated key.path=value items, got '{item}'")
                 k, v = item.split("=", 1)
-                overrides[k] = _coerce(v)
+                overrides[k] = _coerce(v, f"set={k}")
         elif key in sections:
             def flatten(prefix, v):
                 if isinstance(v, dict):
                     for k2, v2 in v.items():
                         yield from flatten(f"{prefix}.{k2}", v2)
                 else:
-                    yield prefix, _coerce(v)
+                    yield prefix, _coerce(v, prefix)
 
             overrides.update(dict(flatten(key, value)))
         elif "." in key:
-            overrides[key] = _coerce(value)
+            overrides[key] = _coerce(value, key)
         else:
             raise ConfigError(f"unknown --config key '{key}'{suggest(key, sections | {'set', 'experiment'})}; use a "
                               "run section (train, model, launch, ...), set=\"a.b=v ...\" or experiment=NAME", file="--config")

@@ -7,22 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from metapretrain.config.errors import ConfigError
+from metapretrain.config.values import parse_value
 from metapretrain.grid import Experiment, Run, load_experiment
 from metapretrain.io import atomic_write_text, write_json
 from metapretrain.paths import run_dir as run_dir_path
 
 
 def parse_sets(items: list[str] | None) -> dict:
-    """['train.lr=1e-3', ...] -> {'train.lr': 0.001}; values parsed as YAML scalars."""
+    """['train.lr=1e-3', ...] -> {'train.lr': 0.001}; values read as in a config file (config.values)."""
     out = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_value(value, where=f"--set {key.strip()}")
     return out
 
 

@@ -1,4 +1,5 @@
-"""File helpers: atomic writes, checksums, JSON, and `done.json` markers."""
+"""File helpers: reading inputs with file:line errors, atomic writes with the umask's modes, checksums,
+JSON, and `done.json` markers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,116 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class InputError(ValueError):
+    """A file a command reads cannot be read, decoded or parsed. `str()` reads `file:line[:col]: problem`."""
+
+    def __init__(self, file: str | Path, problem: str, line: int | None = None, col: int | None = None):
+        self.file, self.problem, self.line, self.col = str(file), problem, line, col
+        where = self.file + "".join(f":{n}" for n in (line, col) if n is not None)
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # a job's exception travels pickled to the submitting process
+        return type(self), (self.file, self.problem, self.line, self.col)
+
+
+def decode_text(raw: bytes, file: str | Path, first_line: int = 1) -> str:
+    """`raw` as UTF-8; InputError naming the line (counted from `first_line`) of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InputError(file, f"invalid UTF-8 ({exc.reason}, byte 0x{raw[exc.start]:02x} at column {col}); "
+                               "expected UTF-8 text", line) from None
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes. FileNotFoundError passes through (callers say what the missing file means);
+    any other OSError (a directory, no permission) is an InputError."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """The file's UTF-8 text (newlines as written); InputError with `file:line` for bad UTF-8."""
+    return decode_text(read_bytes(path), path)
+
+
+def parse_json(text: str, file: str | Path, line: int | None = None) -> Any:
+    """json.loads with an InputError `file:line:col` (`line` given: that line, for one JSON line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(file, f"not valid JSON ({exc.msg})", exc.lineno if line is None else line,
+                         exc.colno) from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file; InputError `file:line:col` for a syntax error, `file:line` for bad UTF-8."""
+    return parse_json(read_text(path), path)
+
+
+def read_jsonl(path: str | Path, *, on_bad: Callable[[InputError], None] | None = None) -> list[tuple[int, Any]]:
+    """[(line number, value)] of a JSON-lines file; blank lines are skipped.
+
+    A last line that does not decode or parse is a record torn by a kill mid-write: it is dropped.
+    Any other bad line raises its InputError, or is passed to `on_bad` and skipped.
+    """
+    lines = read_bytes(path).split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            out.append((n, parse_json(decode_text(raw, path, n), path, n)))
+        except InputError as exc:
+            if n == len(lines):
+                break
+            if on_bad is None:
+                raise
+            on_bad(exc)
+    return out
+
+
+def umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it process-wide,
+    which would race with threads creating files)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as fh:
+        return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path, *, tree: bool = False) -> Path:
+    """Give `path` (and with `tree` everything under it) the mode `mkdir`/`open` would give it under the umask.
+
+    `tempfile.mkdtemp`/`mkstemp` make 0700/0600 names, and some writers (safetensors) write 0600 files
+    whatever the umask; an output renamed into place keeps that mode, so a teammate sharing results/
+    could not read a checkpoint or an export.
+    """
+    path, mask = Path(path), umask()
+    for p in [path, *(path.rglob("*") if tree and path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def make_temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """A new temporary directory in `parent` (created if missing) that becomes an output: mode as `mkdir`'s."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return follow_umask(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
 
 
 @contextlib.contextmanager
@@ -19,9 +128,9 @@ def atomic_path(path: str | Path, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should follow the umask
     try:
         yield Path(tmp)
+        follow_umask(tmp)  # after the writer: one that replaces the file (safetensors) would undo it before
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -29,12 +138,6 @@ def atomic_path(path: str | Path, suffix: str = ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -48,11 +151,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -112,6 +210,8 @@ def done_problem(directory: str | Path, stage: str | None = None) -> str | None:
         record = read_json(done)
         outputs = record.get("outputs", {})
         items = sorted(outputs.items())
+    except InputError as exc:
+        return str(exc)
     except (OSError, ValueError, AttributeError) as exc:
         return f"{done}: unreadable ({type(exc).__name__}: {exc})"
     if stage is not None and record.get("stage") != stage:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from metapretrain import paths
+from metapretrain.io import InputError, decode_text, parse_json, read_json
 
 SLURM_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 12
@@ -44,9 +45,13 @@ def read_job_record(directory: Path, stage_log_name: str) -> dict | None:
     """The launcher's record of the latest job of a stage (`logs/<name>.job.json`), if any."""
     path = directory / "logs" / f"{stage_log_name}.job.json"
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = read_json(path)
+    except FileNotFoundError:
         return None
+    except InputError as exc:  # only a hint: the stage's state still comes from its files
+        print(f"metapretrain status: warning: {exc}; job record ignored", file=sys.stderr)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 16384) -> list[str]:
@@ -60,13 +65,36 @@ def tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 16384) -> list[st
         return []
 
 
-def last_records(metrics: Path) -> tuple[dict | None, dict | None]:
-    """The last train and eval records of a metrics.jsonl, reading only its end."""
+def last_records(metrics: Path, max_bytes: int = 65536) -> tuple[dict | None, dict | None]:
+    """The last train and eval records of a metrics.jsonl, reading only its last `max_bytes`.
+
+    The last line may be torn by a live writer and is skipped; another line that does not decode
+    or parse is skipped with a warning naming file:line.
+    """
+    try:
+        with open(metrics, "rb") as fh:
+            start = max(0, fh.seek(0, os.SEEK_END) - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return None, None
+    if start:  # the window's first line is most likely cut
+        cut = data.find(b"\n") + 1
+        start, data = start + cut, data[cut:]
+    lines = data.split(b"\n")
     train = evalr = None
-    for line in reversed(tail(metrics, n=400, max_bytes=65536)):
+    for i in range(len(lines) - 1, -1, -1):
+        if not lines[i].strip():
+            continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = parse_json(decode_text(lines[i], metrics), metrics)
+        except InputError as exc:
+            if any(x.strip() for x in lines[i + 1:]):
+                with open(metrics, "rb") as fh:  # the line number: only counted when there is something to say
+                    line = fh.read(start).count(b"\n") + i + 1
+                print(f"metapretrain status: warning: {metrics}:{line}: {exc.problem}; record skipped", file=sys.stderr)
+            continue
+        if not isinstance(rec, dict):
             continue
         if rec.get("kind") == "train" and train is None:
             train = rec

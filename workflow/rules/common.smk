@@ -9,6 +9,7 @@ import yaml
 from snakemake.utils import validate
 
 from metapretrain import paths
+from metapretrain.config.yamlpos import PositionedYAML
 from metapretrain.grid import load_experiment, overrides_from_snakemake
 from metapretrain.grid_cli import write_run_files, write_tokenize_config
 
@@ -22,7 +23,7 @@ EXP = load_experiment(EXPERIMENT_FILE, overrides=_overrides)
 if _name:
     EXP.name = _name
 # The experiment file is also checked by Snakemake's own validator against the same schema.
-validate(yaml.safe_load(Path(EXPERIMENT_FILE).read_text()), "../schemas/experiment.schema.yaml")
+validate(PositionedYAML.from_file(EXPERIMENT_FILE).data, "../schemas/experiment.schema.yaml")
 
 RESULTS = str(paths.results_root())
 EXP_DIR = str(paths.experiment_dir(EXP.name))

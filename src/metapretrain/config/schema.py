@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metapretrain.config.errors import ConfigError, dotted, suggest
+from metapretrain.config.values import load_yaml
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
 
 @functools.cache
 def run_schema() -> dict:
-    return yaml.safe_load((SCHEMA_DIR / "run.schema.yaml").read_text())
+    return load_yaml((SCHEMA_DIR / "run.schema.yaml").read_text(encoding="utf-8"))
 
 
 @functools.cache
 def experiment_schema() -> dict:
-    return yaml.safe_load((SCHEMA_DIR / "experiment.schema.yaml").read_text())
+    return load_yaml((SCHEMA_DIR / "experiment.schema.yaml").read_text(encoding="utf-8"))
 
 
 def subschema(path: tuple, schema: dict | None = None) -> dict | None:
@@ -125,17 +123,4 @@ def validate(cfg: dict, schema: dict, *, file: str | None = None, lines=None, pr
         raise ConfigError(f"missing required key: {err.message}", file=file, key=dotted(full) or None, line=line)
     expected = _describe_expected(err.schema) if err.validator in (
         "type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "const", "pattern") else err.message
-    hint = ""
-    if isinstance(err.instance, str) and _YAML11_EXPONENT.match(err.instance.strip()):
-        # PyYAML follows YAML 1.1: `1e12` and `1.0e12` are strings, `1.0e+12` is a float.
-        hint = f" (YAML reads {err.instance!r} as text: write the exponent with a sign, e.g. {_signed(err.instance)})"
-    raise ConfigError(f"got {err.instance!r}; expected {expected}{hint}", file=file, key=dotted(full) or None,
-                      line=line)
-
-
-_YAML11_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE]\d+$")
-
-
-def _signed(text: str) -> str:
-    mant, _, exp = text.strip().lower().partition("e")
-    return f"{mant if '.' in mant else mant + '.0'}e+{exp}"
+    raise ConfigError(f"got {err.instance!r}; expected {expected}", file=file, key=dotted(full) or None, line=line)

@@ -7,40 +7,46 @@ from typing import Any
 
 import yaml
 
+from metapretrain.config.errors import ConfigError
+from metapretrain.config.values import Loader, load_yaml
+
 
 class PositionedYAML:
-    """A YAML document (`data`, from yaml.safe_load) plus the 1-based line of each key path."""
+    """A YAML document (`data`, read by config.values.Loader) plus the 1-based line of each key path."""
 
     def __init__(self, text: str, file: str | None = None):
         self.file = file
-        try:
-            self.data = yaml.safe_load(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = Loader(text)
+        try:  # one parse for the data and the line map, so both see the same types
+            node = loader.get_single_node()
+            self.data = loader.construct_document(node) if node is not None else None
         except yaml.YAMLError as exc:
-            from metapretrain.config.errors import ConfigError
-
             mark = getattr(exc, "problem_mark", None)
             raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=file,
                               line=mark.line + 1 if mark else None) from None
+        finally:
+            loader.dispose()
         self.lines: dict[tuple, int] = {}
         if node is not None:
             self._walk(node, ())
 
     @classmethod
     def from_file(cls, path: str | Path) -> PositionedYAML:
+        from metapretrain.io import InputError, read_text
+
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except FileNotFoundError:
-            from metapretrain.config.errors import ConfigError
-
             raise ConfigError("file not found", file=str(path)) from None
+        except InputError as exc:
+            raise ConfigError(exc.problem, file=exc.file, line=exc.line) from None
         return cls(text, str(path))
 
     def _walk(self, node: yaml.Node, path: tuple) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+                key = load_yaml(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
                 self.lines[path + (key,)] = key_node.start_mark.line + 1
                 self._walk(value_node, path + (key,))
         elif isinstance(node, yaml.SequenceNode):

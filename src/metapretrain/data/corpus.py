@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metapretrain.data.paths import resolve
+from metapretrain.io import InputError, decode_text
 
 # Files of the default corpus that can be fetched for online users when no
 # local mirror holds them: path under the data root -> (URL, sha256).
@@ -79,16 +80,17 @@ def read_text(path: Path) -> str:
         raise CorpusError(f"{path}: corpus file not found") from None
     except IsADirectoryError:
         raise CorpusError(f"{path}: is a directory, expected a text file") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not raw.strip():
         raise CorpusError(f"{path}: corpus file is empty")
     if b"\x00" in raw:
         line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
         raise CorpusError(f"{path}:{line}: binary data (NUL byte); expected UTF-8 text")
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise CorpusError(f"{path}:{line}: invalid UTF-8 ({exc.reason} at byte {exc.start}); expected UTF-8 text") from None
+        return decode_text(raw, path)
+    except InputError as exc:
+        raise CorpusError(str(exc)) from None
 
 
 def split_documents(text: str, mode: str) -> Iterator[str]:

@@ -6,10 +6,11 @@ by `<|endoftext|>`. The dtype is uint16 when the vocabulary fits, else uint32.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from metapretrain.io import InputError, read_json
 
 MANIFEST = "manifest.json"
 
@@ -51,11 +52,15 @@ class ShardWriter:
 
 
 def read_manifest(tok_dir: str | Path) -> dict:
+    """A tokenize output's manifest; InputError naming file:line when it does not decode or parse."""
     path = Path(tok_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = read_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no token manifest; run the tokenize stage first") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, f"expected a JSON object, got {type(manifest).__name__}", 1)
+    return manifest
 
 
 def open_split(tok_dir: str | Path, split: str) -> np.memmap:

@@ -11,7 +11,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from metapretrain.data.corpus import CorpusError, is_validation, iter_documents,
 from metapretrain.data.paths import resolve, resolve_data_root
 from metapretrain.data.shards import MANIFEST, ShardWriter, shard_dtype
 from metapretrain.data.tokenizer import load_tokenizer, special_token_ids, train_bpe
-from metapretrain.io import sha256_file, write_done, write_json
+from metapretrain.io import make_temp_dir, sha256_file, write_done, write_json
 from metapretrain.progress import Progress
 
 
@@ -43,9 +42,7 @@ def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) ->
     dtype = shard_dtype(vocab)
     special = special_token_ids(tok)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         tok.save(str(tmp / "tokenizer.json"))
         # Pass 2: encode every document into its split, in corpus order.

@@ -28,17 +28,26 @@ def train_bpe(documents: Iterable[str], vocab_size: int, min_frequency: int = 2)
     return tok
 
 
-def load_tokenizer(path: str | Path):
-    """Load a tokenizer.json; it must define `<|endoftext|>` and `[MASK]` (added if missing)."""
+def read_tokenizer(path: str | Path):
+    """A tokenizer.json as it is; ValueError naming the file (and line, for bad UTF-8 or JSON)."""
     from tokenizers import Tokenizer
+
+    from metapretrain.io import parse_json, read_text
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer file not found (tokenizer.path)")
+    text = read_text(path)
+    parse_json(text, path)  # bad UTF-8 or JSON syntax: an InputError with file:line (tokenizers gives neither)
     try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        return Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed spec
         raise ValueError(f"{path}: not a valid tokenizer.json ({exc})") from None
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer.json; it must define `<|endoftext|>` and `[MASK]` (added if missing)."""
+    tok = read_tokenizer(path)
     missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
     if missing:
         tok.add_special_tokens(missing)

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metapretrain.io import InputError, read_text
+
 SPLITS = ("train", "dev", "test")
 _SPLIT_RE = re.compile(r"-(train|dev|test)\.iob2$")
 _TAG_RE = re.compile(r"^(?:O|([BI])-([A-Za-z]+))$")
@@ -100,9 +102,9 @@ def read_iob2(path: str | Path, labels: Iterable[str] = DEFAULT_LABELS, invalid_
     report = FileReport(path)
     sentences: list[Sentence] = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UnerFormatError(f"{path}: not UTF-8 ({exc})") from None
+        text = read_text(path)
+    except InputError as exc:
+        raise UnerFormatError(str(exc)) from None
     lines = text.split("\n")
     if text and not text.endswith("\n"):
         raise UnerFormatError(f"{path}:{len(lines)}: no newline at the end of the file")

@@ -10,10 +10,10 @@ that drew a meta micro-batch). Vanilla runs log none, so they get no rows.
 from __future__ import annotations
 
 import bisect
-import json
 from pathlib import Path
 
 from metapretrain.dynamics.registry import Row, register_metric
+from metapretrain.train.metrics import read_records
 
 COMPONENT = "episode"
 
@@ -23,23 +23,7 @@ def read_train_log(path: str | Path) -> list[dict]:
 
     A torn last line (a run killed mid-write) is ignored; a bad line elsewhere is an error naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            if n == len(lines):
-                break
-            raise ValueError(f"{path}:{n}: not a JSON record ({exc})") from None
-        if rec.get("kind") == "train" and "step" in rec:
-            records.append(rec)
-    return records
+    return [r for r in read_records(path) if r.get("kind") == "train" and "step" in r]
 
 
 def _is_accuracy(key: str) -> bool:

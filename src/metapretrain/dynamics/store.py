@@ -24,7 +24,7 @@ import math
 import os
 from pathlib import Path
 
-from metapretrain.io import read_json, write_json
+from metapretrain.io import decode_text, read_json, read_text, write_json
 
 COLUMNS = ("run_id", "step", "tokens", "flops", "layer", "component", "head", "metric", "value")
 
@@ -100,7 +100,7 @@ class DynamicsTable:
     def _repair_without_commit(self, header: bytes) -> None:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # drop a partial trailing line
-        rows = list(csv.DictReader(io.StringIO(data[:end].decode("utf-8"))))
+        rows = list(csv.DictReader(io.StringIO(decode_text(data[:end], self.path), newline="")))
         steps = [int(r["step"]) for r in rows]
         if steps:  # the last step's block may have been cut between rows
             last = steps[-1]
@@ -133,5 +133,4 @@ class DynamicsTable:
 
     def rows(self) -> list[dict]:
         """All committed rows as dicts of strings."""
-        with open(self.path, encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
+        return list(csv.DictReader(io.StringIO(read_text(self.path), newline="")))

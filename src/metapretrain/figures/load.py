@@ -8,7 +8,7 @@ Only runs whose pretrain stage is done (`pretrain/done.json`) are used unless
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -17,8 +17,15 @@ from pathlib import Path
 import yaml
 
 from metapretrain import paths
+from metapretrain.config.values import load_yaml
+from metapretrain.io import InputError, read_json, read_jsonl, read_text
 
 log = logging.getLogger("metapretrain.figures")
+
+
+def _read_yaml(path: Path):
+    return load_yaml(read_text(path))
+
 
 # Coordinates every metrics.jsonl record carries (docs/architecture.md, metrics.jsonl).
 COORDS = ("step", "tokens", "flops", "wall")
@@ -80,21 +87,13 @@ def read_metrics(path: Path):
     import pandas as pd
 
     rows: dict[str, list[dict]] = {"train": [], "eval": []}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                log.warning("%s:%d: skipping malformed record (%s)", path, lineno, exc.msg)
-                continue
-            if not isinstance(rec, dict) or "step" not in rec:
-                log.warning("%s:%d: skipping record without `step`", path, lineno)
-                continue
-            kind = rec.get("kind")
-            if kind in rows:
-                rows[kind].append(rec)
+    for lineno, rec in read_jsonl(path, on_bad=lambda exc: log.warning("%s; skipping the record", exc)):
+        if not isinstance(rec, dict) or "step" not in rec:
+            log.warning("%s:%d: skipping record without `step`", path, lineno)
+            continue
+        kind = rec.get("kind")
+        if kind in rows:
+            rows[kind].append(rec)
     out = []
     for kind in ("train", "eval"):
         df = pd.DataFrame(rows[kind])
@@ -111,7 +110,7 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
     """[{run_id, axes}] from grid.yaml, else the experiment file, else each run's run.json."""
     grid = exp_dir / "grid.yaml"
     if grid.exists():
-        doc = yaml.safe_load(grid.read_text(encoding="utf-8")) or {}
+        doc = _read_yaml(grid) or {}
         data.name = str(doc.get("experiment", data.name))
         data.axes = [str(a) for a in doc.get("axes") or []]
         return [{"run_id": str(r["run_id"]), "axes": {str(k): str(v) for k, v in (r.get("axes") or {}).items()}}
@@ -125,7 +124,14 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
         return [{"run_id": r.run_id, "axes": dict(r.axes)} for r in exp.runs]
     runs = []
     for rj in sorted((exp_dir / "runs").rglob("run.json")):
-        rec = json.loads(rj.read_text(encoding="utf-8"))
+        try:
+            rec = read_json(rj)
+        except InputError as exc:
+            data.skip(f"{exc}; run left out")
+            continue
+        if not isinstance(rec, dict) or "run_id" not in rec:
+            data.skip(f"{rj}: no run_id; run left out")
+            continue
         runs.append({"run_id": str(rec["run_id"]), "axes": {str(k): str(v) for k, v in (rec.get("axes") or {}).items()}})
     data.axes = sorted({a for r in runs for a in r["axes"]})
     log.warning("no %s: runs discovered from %d run.json files", grid, len(runs))
@@ -138,8 +144,11 @@ def _read_csv_optional(path: Path, what: str, data: ExperimentData, required: tu
     if not path.exists():
         return None
     try:
-        df = pd.read_csv(path, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        df = pd.read_csv(io.StringIO(read_text(path)), keep_default_na=True)
+    except InputError as exc:
+        data.skip(f"{what}: cannot read {exc}")
+        return None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         data.skip(f"{what}: cannot read {path}: {exc}")
         return None
     missing = [c for c in required if c not in df.columns]
@@ -157,8 +166,8 @@ def load_experiment_data(exp_dir: str | Path, config: str | Path | None = None,
     data = ExperimentData(exp_dir=exp_dir, name=exp_dir.name, axes=[], runs=[])
     if config is not None and Path(config).exists():
         try:
-            doc = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            doc = _read_yaml(Path(config)) or {}
+        except (yaml.YAMLError, OSError, InputError) as exc:
             log.warning("cannot read the experiment file %s: %s", config, exc)
             doc = {}
         data.description = str(doc.get("description", "")) if isinstance(doc, dict) else ""
@@ -169,9 +178,12 @@ def load_experiment_data(exp_dir: str | Path, config: str | Path | None = None,
             data.skip(f"run {entry['run_id']}: no {cfg_path.relative_to(exp_dir)} (never materialised)")
             continue
         try:
-            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            cfg = _read_yaml(cfg_path) or {}
+        except (yaml.YAMLError, OSError) as exc:
             data.skip(f"run {entry['run_id']}: cannot read {cfg_path}: {exc}")
+            continue
+        except InputError as exc:
+            data.skip(f"run {entry['run_id']}: cannot read {exc}")
             continue
         run = RunData(entry["run_id"], entry["axes"], cfg if isinstance(cfg, dict) else {}, rdir)
         run.done = (paths.pretrain_dir(rdir) / "done.json").exists()
@@ -182,7 +194,7 @@ def load_experiment_data(exp_dir: str | Path, config: str | Path | None = None,
         if metrics.exists():
             try:
                 run.train, run.evals = read_metrics(metrics)
-            except (OSError, UnicodeDecodeError) as exc:
+            except OSError as exc:
                 data.skip(f"run {run.run_id}: cannot read {metrics}: {exc}")
         else:
             data.skip(f"run {run.run_id}: no {metrics.relative_to(exp_dir)}")

@@ -39,11 +39,10 @@ def _sample(items: list, cap: int | None, seed: int) -> list:
 
 
 def _run_identity(run_dir: Path) -> tuple[str, dict]:
-    f = run_dir / "run.json"
-    if f.is_file():
-        info = json.loads(f.read_text(encoding="utf-8"))
-        return str(info.get("run_id", run_dir.name)), dict(info.get("axes", {}))
-    return run_dir.name, {}
+    from metapretrain.launch.jobs import read_run_info
+
+    info = read_run_info(run_dir) or {}
+    return str(info.get("run_id", run_dir.name)), dict(info.get("axes") or {})
 
 
 def _device(name: str) -> str:
@@ -188,7 +187,9 @@ def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, his
     try:
         import wandb
 
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
+        from metapretrain.launch.jobs import read_run_info
+
+        info = read_run_info(run_dir) or {}
         name = f"{run_id}/finetune/{train_set}~{regime}"
         out = paths.finetune_dir(run_dir, train_set, regime)
         run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(info.get("experiment"), name),

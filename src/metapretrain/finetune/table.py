@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from metapretrain.finetune.stage import RESULT_COLUMNS
-from metapretrain.io import atomic_write_text
+from metapretrain.io import InputError, atomic_write_text, read_text
 
 KINDS = ("in_language", "cross_lingual", "test_only")
 
@@ -32,11 +32,13 @@ def collect(experiment_dir: str | Path) -> tuple[list[dict], list[Path]]:
         if not (f.parent / "done.json").is_file():
             pending.append(f.parent)
             continue
-        with open(f, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
+        reader = csv.DictReader(io.StringIO(read_text(f), newline=""))
+        try:
             if reader.fieldnames != RESULT_COLUMNS:
-                raise ValueError(f"{f}: columns {reader.fieldnames} != expected {RESULT_COLUMNS}")
+                raise InputError(f, f"columns {reader.fieldnames} != expected {RESULT_COLUMNS}", 1)
             rows.extend(reader)
+        except csv.Error as exc:
+            raise InputError(f, f"not valid CSV ({exc})", reader.line_num) from None
     return rows, pending
 
 

@@ -131,7 +131,7 @@ def _is_same_file(stream, path: str) -> bool:
 def _redirect_output(path: str) -> None:
     """Send this process's stdout and stderr (file descriptors, so child processes too) to `path`, appending."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides, as for any file
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.dup2(fd, 1)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import read_json, write_json
+from metapretrain.io import InputError, read_json, write_json
 
 RECORD_SUFFIX = ".job.json"
 
@@ -47,16 +46,28 @@ def record_path(run_dir: str | Path, stage: str) -> Path:
     return log.with_name(log.name.removesuffix(".log") + RECORD_SUFFIX)
 
 
+def read_run_info(run_dir: str | Path) -> dict | None:
+    """The run's `run.json` (written by `grid materialize`), None when there is none.
+
+    One that does not decode or parse is an InputError naming file:line: a run's identity
+    (job names, W&B ids, done.json) must not silently fall back to the directory name.
+    """
+    path = Path(run_dir) / "run.json"
+    try:
+        info = read_json(path)
+    except FileNotFoundError:
+        return None
+    if not isinstance(info, dict):
+        raise InputError(path, f"expected a JSON object, got {type(info).__name__}", 1)
+    return info
+
+
 def run_identity(run_dir: str | Path) -> tuple[str | None, str]:
     """(experiment, run id) from the run's `run.json`, else (None, the directory name)."""
-    info = Path(run_dir) / "run.json"
-    if info.exists():
-        try:
-            data = read_json(info)
-            return data.get("experiment"), str(data["run_id"])
-        except (OSError, ValueError, KeyError):
-            pass
-    return None, Path(run_dir).resolve().name
+    info = read_run_info(run_dir)
+    if info is None or "run_id" not in info:
+        return None, Path(run_dir).resolve().name
+    return info.get("experiment"), str(info["run_id"])
 
 
 def job_name(run_dir: str | Path, stage: str) -> str:
@@ -87,9 +98,10 @@ def _load(path: Path) -> JobRecord | None:
         data = read_json(path)
         names = {f.name for f in dataclasses.fields(JobRecord)}
         return JobRecord(**{k: v for k, v in data.items() if k in names})
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         # A record is only a hint: a damaged one must not block a rerun, but the user should know.
         import sys
 
-        print(f"[launch] ignoring unreadable job record {path}: {exc}", file=sys.stderr)
+        where = str(exc) if isinstance(exc, InputError) else f"{path}: {type(exc).__name__}: {exc}"
+        print(f"[launch] ignoring unreadable job record: {where}", file=sys.stderr)
         return None

@@ -159,7 +159,11 @@ def _run_debug(job, run_dir: Path, stage: str) -> None:
     exc = sjob.exception()
     if exc is not None:
         _finish(run_dir, rec, "FAILED")
-        traceback.print_exception(exc)
+        from metapretrain.config.errors import ConfigError
+        from metapretrain.io import InputError
+
+        if not isinstance(exc, (ConfigError, InputError)):  # a bad input file: the one line below says it all
+            traceback.print_exception(exc)
         raise LaunchError(f"{job.target} raised {type(exc).__name__}: {exc}")
     sjob.result()
     _finish(run_dir, rec, "COMPLETED")

@@ -13,8 +13,9 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from metapretrain.io import follow_umask, make_temp_dir
 
 # Our parameter name suffix -> transformers' (per layer "layers.{i}." prefix kept).
 _LAYER_MAP = {
@@ -96,11 +97,9 @@ def save_tokenizer(tokenizer_json: Path, out: Path, special_tokens: dict[str, in
 def _special_ids(tokenizer_json: Path | None) -> dict[str, int]:
     if tokenizer_json is None:
         return {}
-    from tokenizers import Tokenizer
+    from metapretrain.data.tokenizer import read_tokenizer, special_token_ids
 
-    from metapretrain.data.tokenizer import special_token_ids
-
-    return {k: v for k, v in special_token_ids(Tokenizer.from_file(str(tokenizer_json))).items() if v is not None}
+    return {k: v for k, v in special_token_ids(read_tokenizer(tokenizer_json)).items() if v is not None}
 
 
 def default_tokenizer(checkpoint: Path) -> Path | None:
@@ -123,12 +122,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer_json: s
     model, _ = load_model(checkpoint)
     special = _special_ids(tokenizer_json)
     hf = to_llama(model, special)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer_json is not None:
             save_tokenizer(tokenizer_json, tmp, special)
+        follow_umask(tmp, tree=True)  # safetensors writes 0600 files
         if out.exists():
             trash = out.with_name(f".{out.name}.old.{os.getpid()}")
             os.replace(out, trash)

@@ -31,12 +31,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from metapretrain import paths
-from metapretrain.io import read_json, sha256_file, write_json
+from metapretrain.io import InputError, follow_umask, make_temp_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_debris(run_dir)
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+        return make_temp_dir(root, prefix=f".{final.name}.", suffix=".tmp")
     except OSError as exc:
         raise CheckpointError(f"{final}: cannot write the checkpoint ({_describe(exc, root)})") from exc
 
@@ -120,6 +119,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
             _discard(final)
         if (tmp / DCP_DIR).is_dir():
             _fsync_dir(tmp / DCP_DIR)
+        follow_umask(tmp, tree=True)  # safetensors writes 0600 files
         os.replace(tmp, final)
         _fsync_dir(root)
     except Exception as exc:  # disk full, I/O error, quota: say where, keep the older checkpoints as they are
@@ -183,8 +183,8 @@ def read_manifest(path: str | Path) -> dict:
         manifest = read_json(path / MANIFEST)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST})") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
+    except InputError as exc:
+        raise CheckpointError(f"{exc} (the checkpoint's manifest is unreadable)") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path / MANIFEST}: not a JSON object")
     for key in ("step", "tokens", "flops", "files"):
@@ -367,7 +367,9 @@ def _tokenizer_size(tokenizer: Path) -> int:
         vocab = spec["model"]["vocab"]
         ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
         ids += [t["id"] for t in spec.get("added_tokens") or []]
-    except (ValueError, KeyError, TypeError) as exc:
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{tokenizer}: not a readable tokenizer.json ({type(exc).__name__}: {exc})") from None
     return max(ids) + 1 if ids else 0
 

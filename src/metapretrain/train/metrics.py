@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from metapretrain.io import atomic_write_text
+from metapretrain.io import InputError, atomic_write_text, read_jsonl
 
 
 def _clean(value):
@@ -24,21 +24,16 @@ def _clean(value):
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a kill mid-write) is dropped."""
+    """The records of a metrics.jsonl; a torn last line (a kill mid-write) is dropped, any other bad
+    line is an InputError naming file:line."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON record") from None
+    for n, rec in read_jsonl(path):
+        if not isinstance(rec, dict):
+            raise InputError(path, f"expected a JSON object, got {type(rec).__name__}", n)
+        out.append(rec)
     return out
 
 

@@ -51,16 +51,18 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     import yaml
 
     from metapretrain.config.errors import ConfigError
+    from metapretrain.config.values import load_yaml
     from metapretrain.grid import flatten
+    from metapretrain.io import read_text
     from metapretrain.train import checkpoint as ckpt
 
     old = None
     for info in reversed(ckpt.list_checkpoints(run_dir)):  # the checkpoint a resume would use
         try:
             ckpt.verify_checkpoint(info.path)
-            old = yaml.safe_load((info.path / ckpt.CONFIG_FILE).read_text(encoding="utf-8")) or {}
+            old = load_yaml(read_text(info.path / ckpt.CONFIG_FILE)) or {}
             break
-        except (ckpt.CheckpointError, OSError, yaml.YAMLError):
+        except (ckpt.CheckpointError, OSError, ValueError, yaml.YAMLError):
             continue  # damaged: the resume reports it and falls back, and so does this check
     if old is None:
         return
