@@ -174,3 +174,26 @@ def test_slurm_launch_without_slurm_fails_in_one_line(tmp_path, monkeypatch, cap
                                                launcher="slurm", job_id="7", folder=str(tmp_path), submitted_at=""))
     assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
     assert "pretrain of run" in (err := capfd.readouterr().err) and "'squeue' is not on PATH" in err
+
+
+def test_local_job_computes_with_the_threads_it_was_given(tmp_path):
+    """`--threads` (the rule's `{threads}`) beats launch.threads.<stage>; the job sets torch's pools to it."""
+    state = tmp_path / "s.json"
+    two = run_config_from_dict({"model": {"preset": "micro"}, "launch": {"launcher": "local", "threads": {"pretrain": 2}}})
+    assert run.run_stage("pretrain", tmp_path, two, PROBE, {"state_file": str(state), "steps": 1, "step_s": 0},
+                         threads=1) == 0
+    assert json.loads(state.read_text())["attempts"][-1]["threads"] == [1, 1]
+    assert run.run_stage("pretrain", tmp_path, two, PROBE, {"state_file": str(state), "steps": 2, "step_s": 0}) == 0
+    assert json.loads(state.read_text())["attempts"][-1]["threads"] == [2, 2]
+    headers = [x for x in paths.log_file(tmp_path, "pretrain").read_text().splitlines() if x.startswith("=====")]
+    assert "| threads 1 intra-op / 1 inter-op |" in headers[0] and "| threads 2 intra-op / 2 inter-op |" in headers[1]
+
+
+def test_done_json_records_the_threads(tmp_path):
+    import torch
+
+    from metapretrain.io import write_done
+
+    (tmp_path / "out.txt").write_text("x")
+    record = json.loads(write_done(tmp_path, "probe", None, ["out.txt"]).read_text())
+    assert record["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
