@@ -6,6 +6,7 @@ The same code paths on a real SLURM cluster are in test_slurm.py.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,76 @@ def test_done_json_records_the_threads(tmp_path):
     (tmp_path / "out.txt").write_text("x")
     record = json.loads(write_done(tmp_path, "probe", None, ["out.txt"]).read_text())
     assert record["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
+def test_log_follower_copies_new_complete_lines(tmp_path):
+    import io
+
+    from metapretrain.progress import LogFollower
+
+    log = tmp_path / "x.log"
+    log.write_text("an earlier attempt\n")
+    out = io.StringIO()
+    f = LogFollower(log, out)
+    assert f.poll() == 0 and out.getvalue() == ""  # nothing new: the earlier attempt is not replayed
+    with open(log, "a") as fh:
+        fh.write("[pretrain] 1/4 steps\n[pretrain] 2/4")
+    assert f.poll() == 1 and out.getvalue() == "[pretrain] 1/4 steps\n"  # the torn line waits
+    with open(log, "a") as fh:
+        fh.write(" steps\ndone, no newline")
+    assert f.poll() == 1 and out.getvalue().endswith("[pretrain] 2/4 steps\n")
+    assert f.poll(final=True) == 1 and out.getvalue().endswith("done, no newline\n")
+    later, out = LogFollower(tmp_path / "later.log", io.StringIO()), None
+    assert later.poll() == 0  # not there yet
+    (tmp_path / "later.log").write_text("first line\n")
+    assert later.poll() == 1 and later.stream.getvalue() == "first line\n"
+
+
+def _on_a_terminal(monkeypatch, func):
+    """Run `func()` with sys.stderr on a pseudo-terminal; returns (its result, what the terminal showed)."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    shown = bytearray()
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the slave side is closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    tty = os.fdopen(slave, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", tty)
+    try:
+        result = func()
+    finally:
+        monkeypatch.undo()
+        tty.close()
+        reader.join(timeout=60)
+        os.close(master)
+    return result, shown.decode().replace("\r\n", "\n")
+
+
+def test_local_job_output_streams_to_a_terminal_and_still_goes_to_the_log(tmp_path, monkeypatch, capfd):
+    state = tmp_path / "s.json"
+    kwargs = {"state_file": str(state), "steps": 3, "step_s": 0}
+    code, shown = _on_a_terminal(monkeypatch, lambda: run.run_stage("pretrain", tmp_path, cfg("local"), PROBE, kwargs))
+    assert code == 0
+    log = paths.log_file(tmp_path, "pretrain").read_text()
+    for line in ("===== pretrain attempt 1", "[probe] attempt 1 starts at step 0 of 3", "[probe] done at step 3"):
+        assert line in shown and line in log, (line, shown)
+    assert "(shown below as it comes)" in shown
+    # Not a terminal (Snakemake sends stderr to the rule's log): the job's lines only go to the stage log.
+    state.unlink()
+    capfd.readouterr()
+    assert run.run_stage("pretrain", tmp_path, cfg("local"), PROBE, kwargs) == 0
+    err = capfd.readouterr().err
+    assert "started local job" in err and "[probe]" not in err

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from metapretrain import paths
 from metapretrain.launch import jobs, slurm
+from metapretrain.progress import LogFollower, terminal_stream
 
 # How often the submitting process asks SLURM about its job; a few sacct calls a minute are harmless.
 POLL_S = float(os.environ.get("METAPRETRAIN_SLURM_POLL_S", "5"))
@@ -193,12 +194,20 @@ def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
     folder = submitit_folder(run_dir, stage)
     executor = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=cfg.launch.max_requeues)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, name=jobs.job_name(run_dir, stage))
+    # A person at a terminal sees the job's output as it comes (it also goes to the log, as under Snakemake).
+    terminal = terminal_stream()
+    follower = LogFollower(job.log, terminal) if terminal is not None else None
     sjob = executor.submit(job)
     rec = _record(run_dir, stage, "local", sjob.job_id, folder)
-    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}")
+    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}"
+         + (" (shown below as it comes)" if follower else ""))
     try:
         while not sjob.done():
+            if follower is not None:
+                follower.poll()
             time.sleep(0.5)
+        if follower is not None:
+            follower.poll(final=True)
     except KeyboardInterrupt:
         sjob.cancel(check=False)
         _finish(run_dir, rec, "CANCELLED")
