@@ -271,3 +271,14 @@ def test_local_job_output_streams_to_a_terminal_and_still_goes_to_the_log(tmp_pa
     assert run.run_stage("pretrain", tmp_path, cfg("local"), PROBE, kwargs) == 0
     err = capfd.readouterr().err
     assert "started local job" in err and "[probe]" not in err
+
+
+def test_slurm_job_computes_with_its_cpus_per_task(tmp_path, monkeypatch):
+    """Under SLURM the rule's one thread only waits; the job gets the stage's cpus_per_task."""
+    given = []
+    monkeypatch.setattr(run, "_run_slurm", lambda job, *args: given.append(job.threads))
+    c = cfg("slurm", cpus_per_task=8, stages={"finetune": {"cpus_per_task": 3}})
+    kwargs = {"state_file": str(tmp_path / "s.json"), "steps": 1}
+    assert run.run_stage("pretrain", tmp_path, c, PROBE, kwargs, threads=1) == 0
+    assert run.run_stage("finetune/X~head", tmp_path, c, PROBE, kwargs, threads=1) == 0
+    assert given == [8, 3]
