@@ -152,13 +152,17 @@ def test_an_edit_of_the_experiment_file_shows_changed_with_the_key(exp, tmp_path
     rows = {(r["run_id"], r["stage"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
     pre = rows[("seed~1", "pretrain")]
     assert pre["state"] == "changed" and pre["changes"] == [{"key": "train.lr", "old": 0.001, "new": 0.002}]
-    assert "train.lr 0.001 -> 0.002" in pre["detail"]
+    assert "train.lr 0.001 -> 0.002" in pre["detail"] and "refuses to resume its checkpoints" in pre["detail"]
     assert rows[("seed~1", "tokenize")]["state"] == "done"  # tokenization reads none of the changed keys
     stale = rows[("seed~2", "pretrain")]
     assert stale["state"] == "stale" and "started under another config" in stale["detail"]
     assert status_main([str(tmp_path / "e.yaml")]) == 0
     text = capsys.readouterr().out
     assert "4 changed" in text and "train.lr 0.001 -> 0.002" in text
+    # A key a run may change between attempts (how often it evaluates): the rerun continues the run.
+    (tmp_path / "e.yaml").write_text(EXP.replace("value: 100}}", "value: 100}, eval_every: 7}"))
+    pre = next(r for r in collect(load_experiment(tmp_path / "e.yaml")) if r.stage == "pretrain")
+    assert pre.state == "changed" and pre.detail.endswith("; a rerun redoes it"), pre.detail
     # Keys outside a run's identity (launch, wandb) change nothing.
     (tmp_path / "e.yaml").write_text(EXP.replace("defaults:\n", "defaults:\n  launch: {max_requeues: 7}\n"))
     assert {r.state for r in collect(load_experiment(tmp_path / "e.yaml"))} == {"done", "stale"}

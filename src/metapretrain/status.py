@@ -237,10 +237,16 @@ def _mark_changed(rows: list[Row], changes: list[dict] | None) -> None:
     """A run's stages done (or started) under an older config: `changed` (resp. a note), with the keys."""
     if changes is None:
         return
+    from metapretrain.train.stage import changes_training
+
     text = describe_changes(changes)
     for row in rows:
         if row.state == "done":
-            row.state, row.detail, row.changes = "changed", f"ran under another config: {text}; a rerun redoes it", changes
+            after = "a rerun redoes it"
+            if row.stage == "pretrain" and any(changes_training(c["key"]) for c in changes):
+                after = ("a rerun refuses to resume its checkpoints under the new config: restore the old values, "
+                         "delete its pretrain/ to retrain, or rename the experiment")
+            row.state, row.detail, row.changes = "changed", f"ran under another config: {text}; {after}", changes
         elif row.state in ("running", "queued", "stale", "failed"):
             row.detail = "; ".join(x for x in (row.detail, f"started under another config: {text}") if x)
             row.changes = changes
