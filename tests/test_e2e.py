@@ -59,6 +59,9 @@ def test_default_grid_end_to_end(tmp_path):
             assert (run / "finetune" / f"Danish-DDT~{regime}" / "results.csv").exists()
         assert (run / "dynamics" / "dynamics.csv").exists()
         assert (run / "pretrain" / "done.json").exists() and (run / "dynamics" / "done.json").exists()
+        # --cores 2: each compute job was given both cores (one at a time) and torch computed with them.
+        for done in (run / "pretrain" / "done.json", run / "dynamics" / "done.json"):
+            assert json.loads(done.read_text())["threads"] == {"intra_op": 2, "inter_op": 2}, done
     ner = (exp / "ner" / "results.csv").read_text()
     assert "micro_f1" in ner and "Danish-DDT" in ner and "English-EWT" in ner
     index = json.loads((exp / "figures" / "index.json").read_text())

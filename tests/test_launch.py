@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,110 @@ def test_slurm_launch_without_slurm_fails_in_one_line(tmp_path, monkeypatch, cap
                                                launcher="slurm", job_id="7", folder=str(tmp_path), submitted_at=""))
     assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
     assert "pretrain of run" in (err := capfd.readouterr().err) and "'squeue' is not on PATH" in err
+
+
+def test_local_job_computes_with_the_threads_it_was_given(tmp_path):
+    """`--threads` (the rule's `{threads}`) beats launch.threads.<stage>; the job sets torch's pools to it."""
+    state = tmp_path / "s.json"
+    two = run_config_from_dict({"model": {"preset": "micro"}, "launch": {"launcher": "local", "threads": {"pretrain": 2}}})
+    assert run.run_stage("pretrain", tmp_path, two, PROBE, {"state_file": str(state), "steps": 1, "step_s": 0},
+                         threads=1) == 0
+    assert json.loads(state.read_text())["attempts"][-1]["threads"] == [1, 1]
+    assert run.run_stage("pretrain", tmp_path, two, PROBE, {"state_file": str(state), "steps": 2, "step_s": 0}) == 0
+    assert json.loads(state.read_text())["attempts"][-1]["threads"] == [2, 2]
+    headers = [x for x in paths.log_file(tmp_path, "pretrain").read_text().splitlines() if x.startswith("=====")]
+    assert "| threads 1 intra-op / 1 inter-op |" in headers[0] and "| threads 2 intra-op / 2 inter-op |" in headers[1]
+
+
+def test_done_json_records_the_threads(tmp_path):
+    import torch
+
+    from metapretrain.io import write_done
+
+    (tmp_path / "out.txt").write_text("x")
+    record = json.loads(write_done(tmp_path, "probe", None, ["out.txt"]).read_text())
+    assert record["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
+def test_log_follower_copies_new_complete_lines(tmp_path):
+    import io
+
+    from metapretrain.progress import LogFollower
+
+    log = tmp_path / "x.log"
+    log.write_text("an earlier attempt\n")
+    out = io.StringIO()
+    f = LogFollower(log, out)
+    assert f.poll() == 0 and out.getvalue() == ""  # nothing new: the earlier attempt is not replayed
+    with open(log, "a") as fh:
+        fh.write("[pretrain] 1/4 steps\n[pretrain] 2/4")
+    assert f.poll() == 1 and out.getvalue() == "[pretrain] 1/4 steps\n"  # the torn line waits
+    with open(log, "a") as fh:
+        fh.write(" steps\ndone, no newline")
+    assert f.poll() == 1 and out.getvalue().endswith("[pretrain] 2/4 steps\n")
+    assert f.poll(final=True) == 1 and out.getvalue().endswith("done, no newline\n")
+    later, out = LogFollower(tmp_path / "later.log", io.StringIO()), None
+    assert later.poll() == 0  # not there yet
+    (tmp_path / "later.log").write_text("first line\n")
+    assert later.poll() == 1 and later.stream.getvalue() == "first line\n"
+
+
+def _on_a_terminal(monkeypatch, func):
+    """Run `func()` with sys.stderr on a pseudo-terminal; returns (its result, what the terminal showed)."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    shown = bytearray()
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the slave side is closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    tty = os.fdopen(slave, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", tty)
+    try:
+        result = func()
+    finally:
+        monkeypatch.undo()
+        tty.close()
+        reader.join(timeout=60)
+        os.close(master)
+    return result, shown.decode().replace("\r\n", "\n")
+
+
+def test_local_job_output_streams_to_a_terminal_and_still_goes_to_the_log(tmp_path, monkeypatch, capfd):
+    state = tmp_path / "s.json"
+    kwargs = {"state_file": str(state), "steps": 3, "step_s": 0}
+    code, shown = _on_a_terminal(monkeypatch, lambda: run.run_stage("pretrain", tmp_path, cfg("local"), PROBE, kwargs))
+    assert code == 0
+    log = paths.log_file(tmp_path, "pretrain").read_text()
+    for line in ("===== pretrain attempt 1", "[probe] attempt 1 starts at step 0 of 3", "[probe] done at step 3"):
+        assert line in shown and line in log, (line, shown)
+    assert "(shown below as it comes)" in shown
+    # Not a terminal (Snakemake sends stderr to the rule's log): the job's lines only go to the stage log.
+    state.unlink()
+    capfd.readouterr()
+    assert run.run_stage("pretrain", tmp_path, cfg("local"), PROBE, kwargs) == 0
+    err = capfd.readouterr().err
+    assert "started local job" in err and "[probe]" not in err
+
+
+def test_slurm_job_computes_with_its_cpus_per_task(tmp_path, monkeypatch):
+    """Under SLURM the rule's one thread only waits; the job gets the stage's cpus_per_task."""
+    given = []
+    monkeypatch.setattr(run, "_run_slurm", lambda job, *args: given.append(job.threads))
+    c = cfg("slurm", cpus_per_task=8, stages={"finetune": {"cpus_per_task": 3}})
+    kwargs = {"state_file": str(tmp_path / "s.json"), "steps": 1}
+    assert run.run_stage("pretrain", tmp_path, c, PROBE, kwargs, threads=1) == 0
+    assert run.run_stage("finetune/X~head", tmp_path, c, PROBE, kwargs, threads=1) == 0
+    assert given == [8, 3]

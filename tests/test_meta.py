@@ -192,6 +192,36 @@ def test_fomaml_flops_count_support_forward_query_training_and_head(shard):
     assert buggy.run(1.0, gen()).flops == pytest.approx(expected + 2 * n * W * backbone)
 
 
+@pytest.mark.parametrize("name,meta", [
+    ("fomaml", {}), ("fomaml", {"inner": {"steps": 3, "lr": 0.5, "backbone_grad_from_support": True}}),
+    ("maml2", {}), ("reptile", {"reptile": {"scope": "head"}}), ("reptile", {"reptile": {"scope": "all"}}),
+    ("maml_ntp", {"maml_ntp": {"scope": "last_layers", "inner_layers": 1}}), ("maml_ntp", {"maml_ntp": {"scope": "all"}}),
+])
+def test_expected_cost_from_the_config_is_what_a_step_reports(shard, name, meta):
+    """`grid show` plans with `expected_cost` (no model, no data): it must be what `run` then counts."""
+    lrn, _ = make(name, shard, meta=meta)
+    out = lrn.run(1.0, gen())
+    expected = type(lrn).expected_cost(lrn.ctx.cfg, TINY)
+    assert (expected.tokens, expected.flops) == (out.tokens, pytest.approx(out.flops))
+    if name in ("fomaml", "maml2"):  # an episode really is N·k + N·q windows of the configured width
+        ep = lrn.builder.sample(gen())
+        assert expected.tokens == ep.support.numel() + ep.query.numel()
+
+
+def test_next_token_expected_cost_is_the_batch():
+    from metapretrain.model.flops import training_flops_per_token
+    from metapretrain.train.steps import step_kind
+
+    cfg = run_config_from_dict({"train": {"batch_size": 3, "seq_len": 16}})
+    cost = step_kind("next_token").expected_cost(cfg, TINY)
+    assert cost.tokens == 48 and cost.flops == pytest.approx(48 * training_flops_per_token(TINY, 16))
+
+
+def test_head_shape_params_match_a_built_head():
+    head = EpisodeHead(16, n_way=5, layers=4, width=12, dropout=0.0)
+    assert EpisodeHead.shape_params(16, 5, 4, 12) == (head.matmul_params(), sum(p.numel() for p in head.parameters()))
+
+
 # -- second-order MAML -----------------------------------------------------
 
 

@@ -194,3 +194,12 @@ def test_bad_configs_name_the_field():
         ModelConfig(d_model=32, n_layers=1, n_heads=4, n_kv_heads=3, ffn_hidden=8, vocab_size=10, max_seq_len=8)
     with pytest.raises(ValueError, match="n_heads"):
         ModelConfig(d_model=30, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=8, vocab_size=10, max_seq_len=8)
+
+
+@pytest.mark.parametrize("preset", ["micro", "mini", "tiny"])
+def test_config_counts_the_parameters_without_building_the_model(preset):
+    from metapretrain.model.presets import PRESETS
+
+    values = {**PRESETS[preset], "vocab_size": PRESETS[preset]["vocab_size"] or 512}
+    cfg = ModelConfig(**values)
+    assert cfg.num_parameters() == Decoder(cfg).num_parameters()

@@ -102,3 +102,60 @@ def test_rules_find_the_cli_without_an_activated_environment(tmp_path, data_root
     logs = "".join(p.read_text() for p in (tmp_path / "results").rglob("*.log"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs
     assert list((tmp_path / "results" / "path" / "tokenize").glob("*/done.json"))
+
+
+def lints(workdir: Path, *args: str) -> list[tuple[str, str]]:
+    """(linted item, lint title) pairs of `snakemake --lint` (its JSON mode prints nothing in 9.x: parse the text)."""
+    proc = subprocess.run([SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    found, item = [], None
+    for line in out.splitlines():
+        if line.startswith("Lints for "):
+            item = line.removeprefix("Lints for ").split(" (line")[0].rstrip(":")
+        elif line.startswith("    * ") and item:
+            found.append((item, line.removeprefix("    * ").rstrip(":")))
+    assert (proc.returncode == 1) == bool(found), out  # --lint exits 1 exactly when it found something
+    return found
+
+
+CONDA_LINT = "Specify a conda environment or container for each rule."
+
+
+def test_lint_finds_only_the_documented_lint(tmp_path):
+    """The only lint left is the per-rule conda environment, documented as not applying in the Snakefile."""
+    found = lints(tmp_path, "--configfile", str(REPO / "config" / "config.yaml"))
+    assert found, "no lint at all: drop the conda-lint note from the Snakefile header and make this test strict"
+    assert [x for x in found if x[1] != CONDA_LINT] == []
+    linted = {item for item, _ in found}
+    assert {"rule pretrain", "rule finetune", "rule dynamics", "rule ner_table", "rule figures"} <= linted
+    assert CONDA_LINT.split(" for")[0] in (REPO / "Snakefile").read_text()
+    # The paper's grid (SLURM launcher, several sizes) lints the same.
+    assert [x for x in lints(tmp_path, "--configfile", str(REPO / "config" / "paper.yaml")) if x[1] != CONDA_LINT] == []
+
+
+def shell_threads(output: str, rule: str) -> list[int]:
+    """The `--threads N` each planned job of `rule` is given, from a dry run's printed shell commands."""
+    return [int(n) for n in re.findall(rf"metapretrain {rule} .*?--threads (\d+)", output)]
+
+
+def plan(workdir: Path, *args: str) -> str:
+    """A dry run's full plan (every job with its threads and shell command) of the default grid."""
+    proc = subprocess.run([SNAKEMAKE, "-n", "-p", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
+                           str(REPO / "config" / "config.yaml"), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_compute_rules_declare_threads(tmp_path):
+    """By default a local compute job takes every core, so `--cores 2` runs two pretrains one at a time."""
+    out = plan(tmp_path, "--cores", "2")
+    assert shell_threads(out, "pretrain") == [2, 2]
+    assert shell_threads(out, "finetune") == [2] * 4 and shell_threads(out, "dynamics") == [2, 2]
+    assert len(re.findall(r"^\s+threads: 2$", out, re.M)) == 8  # Snakemake reserves them: no two run at once
+    out = plan(tmp_path, "--cores", "4", "--config", "set=launch.threads.pretrain=3 launch.threads.finetune=1")
+    assert shell_threads(out, "pretrain") == [3, 3] and shell_threads(out, "finetune") == [1] * 4
+    assert shell_threads(out, "dynamics") == [4, 4]
+    # Under SLURM the rule only waits for its job (which computes with launch.slurm.cpus_per_task).
+    out = plan(tmp_path, "--cores", "16", "--config", "set=launch.launcher=slurm")
+    assert shell_threads(out, "pretrain") == [1, 1] and shell_threads(out, "dynamics") == [1, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -132,3 +133,106 @@ def test_doctor_lists_incomplete_changed_orphaned(exp, tmp_path, capsys):
     capsys.readouterr()
     assert doctor_main([str(tmp_path / "e.yaml"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["orphaned"][0]["run_id"] == "seed~5"
+
+
+def test_an_edit_of_the_experiment_file_shows_changed_with_the_key(exp, tmp_path, capsys):
+    """status, not only doctor, says a done stage ran under another config, and which key differs."""
+    from metapretrain.grid_cli import write_run_files
+
+    for run in exp.runs:
+        write_run_files("st", run)
+        for d in (paths.pretrain_dir(paths.run_dir("st", run.run_id)), paths.tokenize_dir("st", run.tok_id)):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "done.json").write_text("{}")
+    _write_metrics(paths.run_dir("st", "seed~2"), 40)
+    (paths.pretrain_dir(paths.run_dir("st", "seed~2")) / "done.json").unlink()  # seed 2 died mid-run
+    assert {r.state for r in collect(exp)} == {"done", "stale"}
+    (tmp_path / "e.yaml").write_text(EXP.replace("value: 100}}", "value: 100}, lr: 0.002}"))
+    assert status_main([str(tmp_path / "e.yaml"), "--json"]) == 0
+    rows = {(r["run_id"], r["stage"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    pre = rows[("seed~1", "pretrain")]
+    assert pre["state"] == "changed" and pre["changes"] == [{"key": "train.lr", "old": 0.001, "new": 0.002}]
+    assert "train.lr 0.001 -> 0.002" in pre["detail"] and "refuses to resume its checkpoints" in pre["detail"]
+    assert rows[("seed~1", "tokenize")]["state"] == "done"  # tokenization reads none of the changed keys
+    stale = rows[("seed~2", "pretrain")]
+    assert stale["state"] == "stale" and "started under another config" in stale["detail"]
+    assert status_main([str(tmp_path / "e.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "4 changed" in text and "train.lr 0.001 -> 0.002" in text
+    # A key a run may change between attempts (how often it evaluates): the rerun continues the run.
+    (tmp_path / "e.yaml").write_text(EXP.replace("value: 100}}", "value: 100}, eval_every: 7}"))
+    pre = next(r for r in collect(load_experiment(tmp_path / "e.yaml")) if r.stage == "pretrain")
+    assert pre.state == "changed" and pre.detail.endswith("; a rerun redoes it"), pre.detail
+    # Keys outside a run's identity (launch, wandb) change nothing.
+    (tmp_path / "e.yaml").write_text(EXP.replace("defaults:\n", "defaults:\n  launch: {max_requeues: 7}\n"))
+    assert {r.state for r in collect(load_experiment(tmp_path / "e.yaml"))} == {"done", "stale"}
+
+
+SLOW_SNAKEFILE = """rule all:
+    input: "out"
+
+rule wait:
+    output: "out"
+    shell: "while [ ! -e release ]; do sleep 0.1; done; touch {output}"
+"""
+
+
+def _wait_for(predicate, what: str, timeout_s: float = 120.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_drivers_lock_is_reported_stale_with_what_to_do(exp, tmp_path, capsys):
+    """A real Snakemake driver holds its lock; after kill -9 the lock stays, and status says to unlock."""
+    import shutil
+    import signal
+    from pathlib import Path
+
+    from metapretrain.workflow_lock import inspect
+
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "Snakefile").write_text(SLOW_SNAKEFILE)
+    assert inspect(wf) is None
+    driver = subprocess.Popen([snakemake, "--cores", "1", "-d", str(wf), "-s", str(wf / "Snakefile")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = _wait_for(lambda: (x := inspect(wf)) and x.drivers and x, "the driver to lock its directory")
+        assert not lock.stale and [d.pid for d in lock.drivers] == [driver.pid]
+        assert status_main([str(tmp_path / "e.yaml"), "--json", "-d", str(wf)]) == 0
+        live = json.loads(capsys.readouterr().out)["snakemake_lock"]
+        assert live["stale"] is False and f"pid {driver.pid}" in live["advice"]
+
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        lock = inspect(wf)
+        assert lock is not None and lock.stale and lock.drivers == []
+        assert status_main([str(tmp_path / "e.yaml"), "-d", str(wf)]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "stale Snakemake lock" in text and "snakemake --unlock" in text and "reattached" in text
+        # A new driver on other targets runs beside the stale lock, which stays stale.
+        (wf / "Other").write_text('rule other:\n    output: "other"\n    shell: "while [ ! -e release ]; do sleep 0.1; done; touch {output}"\n')
+        second = subprocess.Popen([snakemake, "--cores", "1", "-d", str(wf), "-s", str(wf / "Other")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            both = _wait_for(lambda: (x := inspect(wf)) and len(x.sets) == 2 and x.drivers and x, "the second lock")
+            assert [s.stale for s in both.sets] == [True, False] and [d.pid for d in both.drivers] == [second.pid]
+        finally:
+            (wf / "release").touch()
+            assert second.wait(timeout=120) == 0
+        subprocess.run([snakemake, "--unlock", "-d", str(wf), "-s", str(wf / "Snakefile")], check=True,
+                       capture_output=True, timeout=120)
+        assert inspect(wf) is None
+    finally:
+        (wf / "release").touch()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # the killed driver's orphaned job
+        driver.wait()

@@ -563,3 +563,19 @@ def test_real_learners_resume_bit_identical(tmp_path, tok_dir, monkeypatch, lear
     assert comparable(records(cut)) == comparable(records(full))
     a, b = final_weights(full), final_weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_progress_line_keeps_the_last_next_token_loss_lr_and_val_after_a_meta_step(tmp_path, tok_dir, fake_meta,
+                                                                                     capsys):
+    # The first update whose one micro-batch is a meta step ends the run: its progress line has no loss of its own.
+    last = next(s for s in range(2, 50) if micro_seeds(42, s - 1, 0)[0] < 0.5
+                and any(micro_seeds(42, p, 0)[0] >= 0.5 for p in range(s - 1)))
+    run = make_run(tmp_path, meta={"learner": "fomaml", "hybrid_ratio": 0.5},
+                   train={"budget": {"unit": "steps", "value": last}, "progress_every_s": 1e-9, "eval_every": 1000})
+    train_run(str(run), str(tok_dir))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[pretrain]")]
+    nt_loss = [r["loss"] for r in records(run, "train") if "loss" in r][-1]
+    val = records(run, "eval")[-1]["val_loss"]
+    assert records(run, "train")[-1]["n_meta"] == 1 and "loss" not in records(run, "train")[-1]
+    assert lines[-1].startswith(f"[pretrain] {last}/{last} steps")
+    assert f"loss {nt_loss:.4f}" in lines[-1] and f"val {val:.4f}" in lines[-1] and "lr " in lines[-1], lines[-1]

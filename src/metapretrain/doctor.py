@@ -56,7 +56,7 @@ def diagnose(exp) -> dict[str, list[dict]]:
     report: dict[str, list[dict]] = {"incomplete": [], "changed": [], "orphaned": []}
     grid = {r.run_id: r for r in exp.runs}
     for row in collect(exp):
-        if row.state != "done":
+        if row.state not in ("done", "changed"):  # changed runs are listed below
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": row.state, "log": row.log})
             continue
         problem = done_problem(stage_dir(exp.name, grid[row.run_id], row.stage))

@@ -36,17 +36,34 @@ def write_run_files(exp_name: str, run: Run, directory: str | Path | None = None
     return directory
 
 
+def write_grid_file(exp: Experiment, experiment_file: str, path: str | Path) -> None:
+    """`results/<experiment>/grid.yaml`: the expanded grid (run id -> axes, hash) and the file it came from."""
+    runs = [{"run_id": r.run_id, "axes": r.axes, "hash": r.hash} for r in exp.runs]
+    atomic_write_text(path, yaml.safe_dump({"experiment": exp.name, "file": experiment_file, "axes": exp.axes,
+                                            "runs": runs}, sort_keys=False))
+
+
 def write_tokenize_config(exp: Experiment, tok_id: str, path: str | Path) -> None:
     from metapretrain.config.load import dump_yaml
 
     atomic_write_text(path, dump_yaml(exp.tokenize_configs()[tok_id]))
 
 
-def _table(exp: Experiment) -> None:
+def _costs(exp: Experiment, mfu: float, peak_tflops: float) -> list:
+    from metapretrain.cost import run_cost
+
+    return [run_cost(r.typed, mfu=mfu, peak_tflops=peak_tflops) for r in exp.runs]
+
+
+def _table(exp: Experiment, costs: list, mfu: float, peak_tflops: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{exp.name}: {len(exp.runs)} runs" + (f" — {exp.description}" if exp.description else ""))
+    from metapretrain.cost import format_bytes, format_hours, total
+
+    table = Table(title=f"{exp.name}: {len(exp.runs)} runs" + (f" — {exp.description}" if exp.description else ""),
+                  caption=f"pretraining only · GPU-hours at MFU {mfu:g} × {peak_tflops:g} TFLOP/s per GPU (--mfu, "
+                          "--peak-tflops) · disk: the checkpoints and HF exports a run leaves")
     table.add_column("#", justify="right")
     table.add_column("run id", overflow="fold")
     for axis in exp.axes:
@@ -54,10 +71,17 @@ def _table(exp: Experiment) -> None:
     table.add_column("from")
     table.add_column("hash")
     table.add_column("tokenize")
-    for i, run in enumerate(exp.runs, 1):
+    for col in ("FLOPs", "GPU-h", "disk"):
+        table.add_column(col, justify="right")
+    for i, (run, c) in enumerate(zip(exp.runs, costs, strict=True), 1):
         table.add_row(str(i), run.run_id, *[run.axes.get(a, "·") for a in exp.axes],
-                      run.source, run.hash, run.tok_id)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+                      run.source, run.hash, run.tok_id, f"{c.flops:.1e}", format_hours(c.gpu_hours),
+                      f"{format_bytes(c.disk_bytes)} ({c.checkpoints} ckpt + {c.hf_exports} HF)")
+    t = total(costs)
+    table.add_section()
+    table.add_row("", "total", *[""] * len(exp.axes), "", "", "", f"{t['flops']:.1e}", format_hours(t["gpu_hours"]),
+                  format_bytes(t["disk_bytes"]))
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
     for dropped, kept in exp.collapsed:
         console.print(f"[dim]{dropped} has the same resolved config as {kept}: collapsed into it[/dim]")
@@ -80,6 +104,12 @@ def main(argv: list[str]) -> int:
     p_show = sub.add_parser("show", help="print the runs as a table")
     p_show.add_argument("config")
     p_show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from metapretrain.cost import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
+
+    p_show.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                        help=f"model FLOP utilisation the GPU-hours assume (default {DEFAULT_MFU})")
+    p_show.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
+                        help=f"peak TFLOP/s of one GPU (default {DEFAULT_PEAK_TFLOPS:g}: H100 SXM, dense BF16)")
     p_val = sub.add_parser("validate", help="check experiment files; exit 2 on the first error")
     p_val.add_argument("configs", nargs="+")
     p_diff = sub.add_parser("diff", help="runs an edit adds, removes or changes")
@@ -96,15 +126,22 @@ def main(argv: list[str]) -> int:
     sets = parse_sets(args.set)
 
     if args.cmd == "show":
+        if not (0 < args.mfu <= 1) or args.peak_tflops <= 0:
+            parser.error(f"--mfu must be in (0, 1] and --peak-tflops > 0, got {args.mfu:g} and {args.peak_tflops:g}")
         exp = load_experiment(args.config, overrides=sets)
+        costs = _costs(exp, args.mfu, args.peak_tflops)
         if args.json:
+            from metapretrain.cost import total
+
             json.dump({"experiment": exp.name, "axes": exp.axes,
                        "runs": [{"run_id": r.run_id, "axes": r.axes, "hash": r.hash, "source": r.source,
-                                 "tok_id": r.tok_id} for r in exp.runs],
-                       "collapsed": exp.collapsed}, sys.stdout, indent=2)
+                                 "tok_id": r.tok_id, "cost": c.to_dict()} for r, c in zip(exp.runs, costs, strict=True)],
+                       "collapsed": exp.collapsed,
+                       "cost": {"mfu": args.mfu, "peak_tflops": args.peak_tflops, "total": total(costs)}},
+                      sys.stdout, indent=2)
             print()
         else:
-            _table(exp)
+            _table(exp, costs, args.mfu, args.peak_tflops)
     elif args.cmd == "validate":
         for path in args.configs:
             exp = load_experiment(path, overrides=sets)

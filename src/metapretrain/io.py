@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -190,7 +191,11 @@ def write_done(directory: str | Path, stage: str, run_id: str | None, outputs: l
         p = p if p.is_absolute() else directory / p
         sums[os.path.relpath(p, directory)] = sha256_file(p)
     record = {"stage": stage, "run_id": run_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "code_version": code_version(), "outputs": sums} | (extra or {})
+              "code_version": code_version(), "outputs": sums}
+    torch = sys.modules.get("torch")
+    if torch is not None:  # what the stage computed with (launch.threads or cpus_per_task, set by launch/job.py)
+        record["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+    record |= extra or {}
     path = directory / "done.json"
     write_json(path, record)
     return path

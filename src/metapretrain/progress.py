@@ -2,7 +2,9 @@
 
 On a terminal: a rich progress bar. When stdout is not a terminal (SLURM
 logs, CI, `| tee`): one plain line every `every_s` seconds (and at the end),
-never carriage returns.
+never carriage returns. A job's output goes to its log file, so its
+progress is plain lines there; `LogFollower` shows them, as they come, to a
+person waiting on the job at a terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -82,3 +85,46 @@ class Progress:
             self._bar.__exit__(*exc)
         else:
             self._line(time.monotonic())
+
+
+def terminal_stream():
+    """stderr, else stdout, when it is a terminal (a person watches); None otherwise (Snakemake, a log file)."""
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if stream.isatty():
+                return stream
+        except (AttributeError, ValueError):  # replaced or closed streams
+            continue
+    return None
+
+
+class LogFollower:
+    """Copies the lines appended to a log file after it was created onto `stream` (`tail -f`), one
+    `poll()` at a time; a line still being written waits for its newline, or for `poll(final=True)`."""
+
+    def __init__(self, path: str | Path, stream):
+        self.path, self.stream = Path(path), stream
+        try:
+            self.offset = self.path.stat().st_size  # earlier attempts are already in the log: not replayed
+        except FileNotFoundError:
+            self.offset = 0
+        self._partial = b""
+
+    def poll(self, final: bool = False) -> int:
+        """Write the complete new lines (all the rest when `final`); returns how many lines were written."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return 0
+        self.offset += len(data)
+        data = self._partial + data
+        cut = len(data) if final else data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if not cut:
+            return 0
+        text = data[:cut].decode("utf-8", errors="replace")
+        self.stream.write(text if text.endswith("\n") else text + "\n")
+        self.stream.flush()
+        return text.count("\n") + (not text.endswith("\n"))

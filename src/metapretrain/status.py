@@ -1,12 +1,15 @@
 """`metapretrain status <config>`: the state of every run and stage, from the run directories.
 
 States: planned (nothing there), queued (a SLURM job waits), running (a live
-job; step/total, losses, tokens/s, ETA), done (`done.json` exists), failed (the
-job ended in error: reason and the tail of its log), stale (outputs or a log
-but no live job and no done marker: the job died without a trace).
+job; step/total, losses, tokens/s, ETA), done (`done.json` exists), changed
+(done, but under another config than the experiment file now gives the run:
+the keys that differ, old -> new), failed (the job ended in error: reason and
+the tail of its log), stale (outputs or a log but no live job and no done
+marker: the job died without a trace). A stale Snakemake lock (its driver was
+killed) is reported with what to do.
 
 Only files are read, plus `squeue`/`sacct` for SLURM jobs (with timeouts, so
-a dead controller never hangs the command).
+a dead controller never hangs the command) and /proc for Snakemake drivers.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Row:
     job_id: str | None = None
     progress: dict = field(default_factory=dict)
     log_tail: list[str] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)  # {key, old, new}: the run's recorded config vs the grid's
 
 
 def read_job_record(directory: Path, stage_log_name: str) -> dict | None:
@@ -219,6 +223,63 @@ def _pretrain_progress(run: Path, cfg: dict) -> tuple[dict, str]:
     return prog, text
 
 
+SHOWN_CHANGES = 3
+
+
+def config_changes(run, run_dir: Path) -> list[dict] | None:
+    """How the config recorded in `run_dir` (run.json's hash, config.resolved.yaml) differs from the grid's
+    current one: None when it does not (or nothing was recorded), else the differing keys
+    [{key, old, new}] (empty when only the hash differs, e.g. the data the run reads changed)."""
+    import yaml
+
+    from metapretrain.grid import NON_IDENTITY_SECTIONS, flatten
+
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if recorded is None or recorded == run.hash:
+        return None
+    try:
+        old = yaml.safe_load(paths.resolved_config(run_dir).read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        old = {}
+
+    def identity(cfg: dict) -> dict:
+        return flatten({k: v for k, v in cfg.items() if k not in NON_IDENTITY_SECTIONS})
+
+    before, after = identity(old if isinstance(old, dict) else {}), identity(run.config)
+    return [{"key": k, "old": before.get(k), "new": after.get(k)}
+            for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+
+
+def describe_changes(changes: list[dict]) -> str:
+    if not changes:
+        return "another run hash, with the same config keys (the data it reads changed?)"
+    shown = "; ".join(f"{c['key']} {json.dumps(c['old'])} -> {json.dumps(c['new'])}" for c in changes[:SHOWN_CHANGES])
+    more = f" (+{len(changes) - SHOWN_CHANGES} more keys)" if len(changes) > SHOWN_CHANGES else ""
+    return shown + more
+
+
+def _mark_changed(rows: list[Row], changes: list[dict] | None) -> None:
+    """A run's stages done (or started) under an older config: `changed` (resp. a note), with the keys."""
+    if changes is None:
+        return
+    from metapretrain.train.stage import changes_training
+
+    text = describe_changes(changes)
+    for row in rows:
+        if row.state == "done":
+            after = "a rerun redoes it"
+            if row.stage == "pretrain" and any(changes_training(c["key"]) for c in changes):
+                after = ("a rerun refuses to resume its checkpoints under the new config: restore the old values, "
+                         "delete its pretrain/ to retrain, or rename the experiment")
+            row.state, row.detail, row.changes = "changed", f"ran under another config: {text}; {after}", changes
+        elif row.state in ("running", "queued", "stale", "failed"):
+            row.detail = "; ".join(x for x in (row.detail, f"started under another config: {text}") if x)
+            row.changes = changes
+
+
 def collect(exp, runs_glob: str | None = None) -> list[Row]:
     slurm = SlurmQuery()
     rows: list[Row] = []
@@ -228,6 +289,9 @@ def collect(exp, runs_glob: str | None = None) -> list[Row]:
             continue
         rd = paths.run_dir(exp.name, run.run_id)
         tok = paths.tokenize_dir(exp.name, run.tok_id)
+        first = len(rows) + 1  # the run's stages after its tokenize row
+        # Tokenize rows are never `changed`: the directory is named by the hash of what tokenization reads,
+        # so an edit of those keys names another directory (planned), and other edits leave it valid.
         rows.append(stage_row(run.run_id, "tokenize", tok, exp_dir / "logs" / "tokenize" / f"{run.tok_id}.log",
                               None, slurm, tok.exists()))
         pre = paths.pretrain_dir(rd)
@@ -249,13 +313,15 @@ def collect(exp, runs_glob: str | None = None) -> list[Row]:
             d = paths.dynamics_dir(rd)
             rows.append(stage_row(run.run_id, "dynamics", d, paths.log_file(rd, "dynamics"),
                                   read_job_record(rd, "dynamics"), slurm, d.exists()))
+        _mark_changed(rows[first:], config_changes(run, rd))
     return rows
 
 
-STYLE = {"done": "green", "running": "cyan", "queued": "blue", "failed": "red", "stale": "yellow", "planned": "dim"}
+STYLE = {"done": "green", "changed": "magenta", "running": "cyan", "queued": "blue", "failed": "red",
+         "stale": "yellow", "planned": "dim"}
 
 
-def render(rows: list[Row], exp_name: str) -> None:
+def render(rows: list[Row], exp_name: str, lock=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -275,6 +341,12 @@ def render(rows: list[Row], exp_name: str) -> None:
             console.print(f"[red]{r.run_id} {r.stage}[/] failed; last lines of {r.log}:")
             for line in r.log_tail:
                 console.print(f"  {line}", markup=False, highlight=False)
+    if any(r.state == "changed" for r in rows):
+        console.print("[magenta]changed[/]: done under another config than the experiment file now gives; Snakemake "
+                      "reruns these stages (`metapretrain doctor` lists the runs)", highlight=False)
+    if lock is not None:
+        style = "yellow" if lock.stale or not lock.processes_visible else "dim"
+        console.print(f"[{style}]{lock.advice()}[/]", highlight=False)
 
 
 def main(argv: list[str]) -> int:
@@ -283,15 +355,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--runs", metavar="GLOB", help="only runs whose id matches this glob")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a defaults key (as in the DAG)")
+    parser.add_argument("-d", "--directory", default=".", metavar="DIR",
+                        help="Snakemake's working directory, for its lock (default: the current directory)")
     args = parser.parse_args(argv)
     from metapretrain.grid import load_experiment
     from metapretrain.grid_cli import parse_sets
 
     exp = load_experiment(args.config, overrides=parse_sets(args.set))
     rows = collect(exp, args.runs)
+    from metapretrain.workflow_lock import inspect
+
+    lock = inspect(args.directory)
     if args.json:
-        json.dump({"experiment": exp.name, "rows": [asdict(r) for r in rows]}, sys.stdout, indent=1)
+        json.dump({"experiment": exp.name, "rows": [asdict(r) for r in rows],
+                   "snakemake_lock": lock.to_dict() if lock else None}, sys.stdout, indent=1)
         print()
     else:
-        render(rows, exp.name)
+        render(rows, exp.name, lock)
     return 0

@@ -1,7 +1,7 @@
 # Grid → targets. The experiment file is config/config.yaml unless --configfile
 # names another (it replaces, never merges). `--config 'train={lr: 1.0e-3}'` or
 # `--config set="train.lr=1e-3 launch.slurm.partition=gpu"` overrides `defaults` keys.
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,11 +11,12 @@ from snakemake.utils import validate
 from metapretrain import paths
 from metapretrain.config.yamlpos import PositionedYAML
 from metapretrain.grid import load_experiment, overrides_from_snakemake
-from metapretrain.grid_cli import write_run_files, write_tokenize_config
+from metapretrain.grid_cli import write_grid_file, write_run_files, write_tokenize_config
 
 # Rules call the `metapretrain` CLI of the environment Snakemake runs in, even when that
-# environment is not activated (e.g. `.venv/bin/snakemake` from `make demo`).
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# environment is not activated (e.g. `.venv/bin/snakemake` from `make demo`). Snakemake's
+# strict bash mode stays first, as without a prefix.
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 EXPERIMENT_FILE = str(workflow.config_settings.configfiles[-1]) if workflow.config_settings.configfiles else "config/config.yaml"
 _overrides, _name = overrides_from_snakemake(dict(workflow.config_settings.config))
@@ -29,6 +30,7 @@ RESULTS = str(paths.results_root())
 EXP_DIR = str(paths.experiment_dir(EXP.name))
 RUNS = {r.run_id: r for r in EXP.runs}
 TOKS = EXP.tokenize_configs()
+FIGURES_DIR = f"{EXP_DIR}/figures"
 
 
 def run_dir(run_id):
@@ -39,8 +41,8 @@ def tok_dir(tok_id):
     return str(paths.tokenize_dir(EXP.name, tok_id))
 
 
-# A run id is `key~value` parts joined by '/' (or `base`); stage directories never contain '~',
-# so this cannot swallow a path segment. (An alternation of every id is 2x slower on 1,000 runs.)
+# A run id is `key~value` parts joined by slashes (or `base`); stage directories never contain
+# a tilde, so this cannot swallow a path segment. (An alternation of every id is 2x slower on 1,000 runs.)
 wildcard_constraints:
     run=r"base|[^/~]+~[^/~]+(?:/[^/~]+~[^/~]+)*",
     tok=r"[A-Za-z0-9_.-]+-[0-9a-f]{8}",
@@ -72,35 +74,23 @@ def all_targets():
     return targets
 
 
-rule grid:
-    output:
-        f"{EXP_DIR}/grid.yaml",
-    params:
-        runs=lambda w: {r.run_id: r.hash for r in EXP.runs},
-    localrule: True
-    run:
-        from metapretrain.io import atomic_write_text
-
-        atomic_write_text(output[0], yaml.safe_dump({"experiment": EXP.name, "file": EXPERIMENT_FILE,
-                                                     "axes": EXP.axes, "runs": [{"run_id": r.run_id, "axes": r.axes,
-                                                     "hash": r.hash} for r in EXP.runs]}, sort_keys=False))
+def stage_threads(run_id, stage):
+    """A compute rule's `threads:` (launch.threads.<stage>): by default every --cores locally, so local
+    compute jobs run one at a time and their wall times compare; 1 under SLURM, where the rule only waits."""
+    launch = RUNS[run_id].config["launch"]
+    if launch["threads"][stage] is not None:
+        return launch["threads"][stage]
+    return 1 if launch["launcher"] == "slurm" else workflow.cores
 
 
-rule run_config:
-    output:
-        f"{EXP_DIR}/runs/{{run}}/config.resolved.yaml",
-    params:
-        hash=lambda w: RUNS[w.run].hash,
-    localrule: True
-    run:
-        write_run_files(EXP.name, RUNS[wildcards.run])
+def write_log(path, text):
+    """The one-line log of a rule that runs in the driver."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"{text}\n")
 
 
-rule tokenize_config:
-    output:
-        f"{EXP_DIR}/tokenize/{{tok}}.yaml",
-    params:
-        cfg=lambda w: TOKS[w.tok],
-    localrule: True
-    run:
-        write_tokenize_config(EXP, wildcards.tok, output[0])
+def figure_group(group, caption, category):
+    """A figures subdirectory as a report item: every PNG in it, captioned by workflow/report/<caption>."""
+    return report(directory(f"{FIGURES_DIR}/{group}"), patterns=["{figure}.png"], caption=f"../report/{caption}",
+                  category=category, labels={"figure": "{figure}"})
+

@@ -3,13 +3,6 @@
 # workflow/report/ (the `reports` extra, i.e. pygments, must be installed).
 report: "../report/workflow.rst"
 
-FIGURES_DIR = f"{EXP_DIR}/figures"
-
-
-def _figure_group(group, caption, category):
-    return report(directory(f"{FIGURES_DIR}/{group}"), patterns=["{figure}.png"], caption=f"../report/{caption}",
-                  category=category, labels={"figure": "{figure}"})
-
 
 rule figures:
     input:
@@ -19,14 +12,19 @@ rule figures:
         ner=[f"{EXP_DIR}/ner/results.csv"] if finetune_targets() else [],
     output:
         index=f"{FIGURES_DIR}/index.json",
-        loss=_figure_group("loss", "loss.rst", "1. Pretraining loss"),
-        speedup=_figure_group("speedup", "speedup.rst", "2. Speedup to equal loss"),
-        ner=_figure_group("ner", "ner.rst", "3. Universal NER"),
-        dynamics=_figure_group("dynamics", "dynamics.rst", "4. Learning dynamics"),
+        loss=figure_group("loss", "loss.rst", "1. Pretraining loss"),
+        speedup=figure_group("speedup", "speedup.rst", "2. Speedup to equal loss"),
+        ner=figure_group("ner", "ner.rst", "3. Universal NER"),
+        dynamics=figure_group("dynamics", "dynamics.rst", "4. Learning dynamics"),
         tables=report(directory(f"{FIGURES_DIR}/tables"), patterns=["{table}.html"], caption="../report/tables.rst",
                       category="5. Tables", labels={"table": "{table}"}),
     log:
         f"{EXP_DIR}/logs/figures.log",
+    benchmark:
+        f"{EXP_DIR}/benchmarks/figures.tsv"
+    params:
+        exp_dir=lambda w: EXP_DIR,
+        experiment_file=EXPERIMENT_FILE,
     localrule: True
     shell:
-        "metapretrain figures --experiment-dir {EXP_DIR:q} --config {EXPERIMENT_FILE:q} > {log:q} 2>&1"
+        "metapretrain figures --experiment-dir {params.exp_dir:q} --config {params.experiment_file:q} > {log:q} 2>&1"

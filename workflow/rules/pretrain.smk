@@ -10,9 +10,10 @@ rule pretrain:
         f"{EXP_DIR}/runs/{{run}}/logs/pretrain.log",
     benchmark:
         f"{EXP_DIR}/runs/{{run}}/benchmarks/pretrain.tsv"
+    threads: lambda w: stage_threads(w.run, "pretrain")
     params:
         run_dir=lambda w: run_dir(w.run),
         data=lambda w: tok_dir(RUNS[w.run].tok_id),
     localrule: True
     shell:
-        "metapretrain pretrain --run-dir {params.run_dir:q} --data {params.data:q} >> {log:q} 2>&1"
+        "metapretrain pretrain --run-dir {params.run_dir:q} --data {params.data:q} --threads {threads} >> {log:q} 2>&1"

@@ -265,9 +265,17 @@ class SlurmSection(_Section):
 
 
 @dataclass(frozen=True)
+class ThreadsSection(_Section):
+    pretrain: int | None
+    finetune: int | None
+    dynamics: int | None
+
+
+@dataclass(frozen=True)
 class LaunchSection(_Section):
     launcher: str
     max_requeues: int
+    threads: ThreadsSection
     slurm: SlurmSection
 
 

@@ -221,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True, help="the pretrained run's directory (results/EXP/runs/RUN_ID)")
     p.add_argument("--train-set", required=True, help="treebank directory name with a train split, or 'all'")
     p.add_argument("--regime", required=True, choices=["head", "full"])
+    from metapretrain.launch.run import add_threads_option, run_stage
+
+    add_threads_option(p, "finetune")
     args = p.parse_args(argv)
     from metapretrain.config import load_run_config
-    from metapretrain.launch.run import run_stage
 
     run_dir = Path(args.run_dir)
     if done_is_valid(paths.finetune_dir(run_dir, args.train_set, args.regime), "finetune"):
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(cfg_file)
     return run_stage(stage=f"finetune/{args.train_set}~{args.regime}", run_dir=run_dir, cfg=cfg,
                      target="metapretrain.finetune.stage:finetune_run",
-                     kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime})
+                     kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime},
+                     threads=args.threads)
 
 
 if __name__ == "__main__":

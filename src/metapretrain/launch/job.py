@@ -16,6 +16,7 @@ all the same and resumes from its last periodic checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import os
@@ -50,10 +51,12 @@ def resolve_target(target: str):
 
 class StageJob(Checkpointable):
     def __init__(self, *, stage: str, run_dir: str, log: str, target: str, kwargs: dict, launcher: str,
-                 max_requeues: int, grace_s: float, cwd: str, cuda_visible_devices: str | None):
+                 max_requeues: int, grace_s: float, cwd: str, cuda_visible_devices: str | None,
+                 threads: int | None = None):
         self.stage, self.run_dir, self.log, self.target, self.kwargs = stage, run_dir, log, target, kwargs
         self.launcher, self.max_requeues, self.grace_s, self.cwd = launcher, max_requeues, grace_s, cwd
         self.cuda_visible_devices = cuda_visible_devices
+        self.threads = threads  # None: torch's default (every core of the machine)
         self.requeues = 0  # travels in the pickle that submitit dumps at each requeue
 
     def __call__(self):
@@ -66,6 +69,8 @@ class StageJob(Checkpointable):
                 os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
         if self.launcher != "debug":
             _redirect_output(self.log)
+        if self.threads:
+            set_threads(self.threads)
         self._header()
         func = resolve_target(self.target)
         preemption.clear()
@@ -113,11 +118,30 @@ class StageJob(Checkpointable):
         else:
             where = f"in-process (pid {os.getpid()})"
         now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        line = f"===== {self.stage} attempt {self.requeues + 1} | {where} | host {socket.gethostname()} | {now} ====="
+        line = (f"===== {self.stage} attempt {self.requeues + 1} | {where} | host {socket.gethostname()} | "
+                f"threads {_threads_text()} | {now} =====")
         print(line, flush=True)
         if self.launcher == "debug" and not _is_same_file(sys.stdout, self.log):
             with open(self.log, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
+
+
+def set_threads(n: int) -> None:
+    """Compute with `n` CPU threads: torch's intra-op pool, its inter-op pool while it can still be set,
+    and OMP_NUM_THREADS for what reads it later (child processes, OpenBLAS at import)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # settable once, before the process's first inter-op parallel work
+        torch.set_num_interop_threads(n)
+
+
+def _threads_text() -> str:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return "torch default"
+    return f"{torch.get_num_threads()} intra-op / {torch.get_num_interop_threads()} inter-op"
 
 
 def _is_same_file(stream, path: str) -> bool:

@@ -6,13 +6,14 @@ seconds, saving its state atomically after every step. It polls
 saving, so a requeued or rerun job continues where it stopped; the result
 (a digest chained over every step) is the same however often it was
 interrupted. It also records what the job saw of the machine (SLURM job id,
-restart count, visible GPUs), so a test can check the allocation.
+restart count, visible GPUs, torch's threads), so a test can check the allocation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from metapretrain.launch import preemption
 def count(state_file: str, steps: int, step_s: float = 0.5) -> dict:
     path = Path(state_file)
     state = read_json(path) if path.exists() else {"step": 0, "digest": "", "attempts": []}
+    torch = sys.modules.get("torch")  # imported by the job when it was given a thread count
     state["attempts"].append({
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "start_step": state["step"],
+        "threads": [torch.get_num_threads(), torch.get_num_interop_threads()] if torch else None,
     })
     write_json(path, state)
     print(f"[probe] attempt {len(state['attempts'])} starts at step {state['step']} of {steps}", flush=True)

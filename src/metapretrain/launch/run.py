@@ -24,6 +24,7 @@ from pathlib import Path
 
 from metapretrain import paths
 from metapretrain.launch import jobs, slurm
+from metapretrain.progress import LogFollower, terminal_stream
 
 # How often the submitting process asks SLURM about its job; a few sacct calls a minute are harmless.
 POLL_S = float(os.environ.get("METAPRETRAIN_SLURM_POLL_S", "5"))
@@ -41,13 +42,16 @@ def submitit_folder(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / "logs" / "submitit" / stage
 
 
-def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | None = None) -> int:
+def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | None = None,
+              threads: int | None = None) -> int:
     """Run `target(**kwargs)` for one stage of one run with `cfg.launch.launcher`; 0 on success.
 
     `stage` names the log (`RUN/logs/<stage>.log`) and the job record; its part
     before a `/` picks the `launch.slurm.stages` overrides (`finetune/Danish-DDT~head`
     uses `stages.finetune`). `target` must be resumable: a requeued or rerun job
-    calls it again and it continues from its last checkpoint.
+    calls it again and it continues from its last checkpoint. The job computes with `threads` CPU
+    threads (the Snakemake rule's `{threads}`), else `launch.threads.<stage>`, else torch's default;
+    a SLURM job with `launch.slurm.cpus_per_task`.
     """
     from metapretrain.launch.job import StageJob  # submitit: imported only when a stage really launches
 
@@ -57,11 +61,15 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
     log.parent.mkdir(parents=True, exist_ok=True)
     launcher = cfg.launch.launcher
     # How long the job waits for the stage to checkpoint after the stop signal: half the warning SLURM gives.
-    delay = (slurm.settings_for(cfg.launch.slurm, stage) if launcher == "slurm" else cfg.launch.slurm).signal_delay_s
-    grace = max(5.0, delay / 2)
+    settings = slurm.settings_for(cfg.launch.slurm, stage) if launcher == "slurm" else cfg.launch.slurm
+    grace = max(5.0, settings.signal_delay_s / 2)
+    if launcher == "slurm":
+        threads = settings.cpus_per_task
+    elif threads is None:
+        threads = getattr(cfg.launch.threads, slurm.stage_kind(stage), None)
     job = StageJob(stage=stage, run_dir=str(run_dir), log=str(log), target=target, kwargs=dict(kwargs or {}),
                    launcher=launcher, max_requeues=cfg.launch.max_requeues, grace_s=grace, cwd=os.getcwd(),
-                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=threads)
     _, run_id = jobs.run_identity(run_dir)
     try:
         if launcher == "debug":
@@ -90,6 +98,7 @@ def run_dir_data_main(stage: str, target: str, description: str, argv: list[str]
     parser = argparse.ArgumentParser(prog=f"metapretrain {stage}", description=description)
     parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds config.resolved.yaml)")
     parser.add_argument("--data", required=True, type=Path, help="the tokenize output directory of this run")
+    add_threads_option(parser, stage)
     args = parser.parse_args(argv)
     from metapretrain.config import load_run_config
 
@@ -103,7 +112,21 @@ def run_dir_data_main(stage: str, target: str, description: str, argv: list[str]
         return 2
     cfg = load_run_config(cfg_path)
     return run_stage(stage=stage, run_dir=args.run_dir, cfg=cfg, target=target,
-                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())})
+                     kwargs={"run_dir": str(args.run_dir.resolve()), "data_dir": str(args.data.resolve())},
+                     threads=args.threads)
+
+
+def add_threads_option(parser, stage: str) -> None:
+    def positive(text: str) -> int:
+        import argparse
+
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, got {text!r}")
+        return int(text)
+
+    parser.add_argument("--threads", type=positive, metavar="N",
+                        help=f"CPU threads for torch (default: launch.threads.{stage}, else torch's default; "
+                             "the slurm launcher uses launch.slurm.cpus_per_task)")
 
 
 def _check_target(target: str) -> None:
@@ -175,12 +198,20 @@ def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
     folder = submitit_folder(run_dir, stage)
     executor = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=cfg.launch.max_requeues)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, name=jobs.job_name(run_dir, stage))
+    # A person at a terminal sees the job's output as it comes (it also goes to the log, as under Snakemake).
+    terminal = terminal_stream()
+    follower = LogFollower(job.log, terminal) if terminal is not None else None
     sjob = executor.submit(job)
     rec = _record(run_dir, stage, "local", sjob.job_id, folder)
-    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}")
+    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}"
+         + (" (shown below as it comes)" if follower else ""))
     try:
         while not sjob.done():
+            if follower is not None:
+                follower.poll()
             time.sleep(0.5)
+        if follower is not None:
+            follower.poll(final=True)
     except KeyboardInterrupt:
         sjob.cancel(check=False)
         _finish(run_dir, rec, "CANCELLED")

@@ -9,7 +9,7 @@ from metapretrain.meta import flops
 from metapretrain.meta.head import EpisodeHead
 from metapretrain.meta.registry import episode_builder
 from metapretrain.train.runtime import to_device
-from metapretrain.train.steps import StepContext, StepKind
+from metapretrain.train.steps import StepContext, StepCost, StepKind
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -101,15 +101,30 @@ class EpisodicLearner(StepKind):
         return out
 
     # -- accounting ---------------------------------------------------------
+    # `run` reports `step_cost` of the episode it ran, and `expected_cost` is the same function of the
+    # config, so what a plan expects and what a run counts cannot drift apart.
 
-    def episode_flops(self, n_support: int, n_query: int, *, support_backward: bool, query_backward: bool,
-                      head_inner: float, head_extra: float) -> float:
+    @classmethod
+    def step_cost(cls, meta, model_cfg, n_support: int, n_query: int) -> StepCost:
+        """Tokens and FLOPs of one meta step on an episode of `n_support` + `n_query` windows."""
+        raise NotImplementedError(f"{cls.__name__} does not describe its cost (step_cost)")
+
+    @classmethod
+    def expected_cost(cls, cfg, model_cfg) -> StepCost:
+        ep = cfg.meta.episode
+        return cls.step_cost(cfg.meta, model_cfg, ep.n_way * ep.k_shot, ep.n_way * ep.q_query)
+
+    @staticmethod
+    def episode_flops(meta, model_cfg, n_support: int, n_query: int, *, support_backward: bool,
+                      query_backward: bool, head_inner: float, head_extra: float) -> float:
         """Backbone passes over support/query windows plus `head_inner`/`head_extra` head forward-equivalents.
 
         `head_inner` and `head_extra` are in units of one head forward on one example.
         """
-        W = self.meta.episode.window
-        per_token = flops.backbone_forward(self.backbone.cfg, W)
+        W = meta.episode.window
+        per_token = flops.backbone_forward(model_cfg, W)
         support = n_support * W * per_token * (3.0 if support_backward else 1.0)
         query = n_query * W * per_token * (3.0 if query_backward else 1.0)
-        return support + query + (head_inner + head_extra) * flops.head_forward(self.head)
+        head_matmul, _ = EpisodeHead.shape_params(model_cfg.d_model, meta.episode.n_way, meta.head.layers,
+                                                  meta.head.width)
+        return support + query + (head_inner + head_extra) * flops.head_forward(head_matmul)

@@ -31,6 +31,6 @@ def suffix_forward(cfg, seq_len: int, n_blocks: int, lm_head: bool) -> float:
     return n_blocks * block_forward(cfg, seq_len) + (lm_head_forward(cfg) if lm_head else 0.0)
 
 
-def head_forward(head) -> float:
-    """Forward FLOPs of the episode head per example."""
-    return 2.0 * head.matmul_params()
+def head_forward(matmul_params: int) -> float:
+    """Forward FLOPs of the episode head per example, from its matmul parameters (EpisodeHead.shape_params)."""
+    return 2.0 * matmul_params

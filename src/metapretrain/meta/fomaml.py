@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from metapretrain.meta.episodic import EpisodicLearner
-from metapretrain.train.steps import StepOutput, register_step
+from metapretrain.train.steps import StepCost, StepOutput, register_step
 
 
 def first_order(initial: dict[str, torch.Tensor], adapted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,7 +58,14 @@ class FOMAML(EpisodicLearner):
 
         metrics.update(self.support_metrics(feats, sy, phi0, fast))
         metrics.update(self.query_metrics(loss, logits, qy))
-        n_s, n_q = len(sy), len(qy)
-        flops = self.episode_flops(n_s, n_q, support_backward=from_support, query_backward=True,
-                                   head_inner=3.0 * self.meta.inner.steps * n_s, head_extra=2.0 * n_s + 3.0 * n_q)
-        return StepOutput(loss=loss.item(), tokens=ep.tokens, flops=flops, metrics=metrics)
+        cost = self.step_cost(self.meta, self.backbone.cfg, len(sy), len(qy))
+        return StepOutput(loss=loss.item(), tokens=cost.tokens, flops=cost.flops, metrics=metrics)
+
+    @classmethod
+    def step_cost(cls, meta, model_cfg, n_s: int, n_q: int) -> StepCost:
+        # Support features once (forward only unless they pass support gradients on), query forward + backward;
+        # each inner step is a head forward + backward per support example, plus the before/after metrics.
+        flops = cls.episode_flops(meta, model_cfg, n_s, n_q, support_backward=meta.inner.backbone_grad_from_support,
+                                  query_backward=True, head_inner=3.0 * meta.inner.steps * n_s,
+                                  head_extra=2.0 * n_s + 3.0 * n_q)
+        return StepCost(tokens=(n_s + n_q) * meta.episode.window, flops=flops)

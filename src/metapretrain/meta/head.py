@@ -58,5 +58,12 @@ class EpisodeHead(nn.Module):
     def matmul_params(self) -> int:
         return sum(lin.weight.numel() for lin in self.linears)
 
+    @staticmethod
+    def shape_params(d_in: int, n_way: int, layers: int, width: int) -> tuple[int, int]:
+        """(matmul parameters, all parameters) of a head of this shape, without building it."""
+        dims = [d_in] + [width] * (layers - 1) + [n_way]
+        weights = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        return weights, weights + sum(dims[1:])
+
     def weight_norm(self) -> float:
         return float(torch.sqrt(sum(p.detach().float().pow(2).sum() for p in self.parameters())))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from metapretrain.meta.episodic import EpisodicLearner
-from metapretrain.train.steps import StepOutput, register_step
+from metapretrain.train.steps import StepCost, StepOutput, register_step
 
 # A second-order inner step costs its forward + backward (3 forward-equivalents)
 # plus differentiating that backward in the outer pass (about 2 × 3 more).
@@ -41,8 +41,12 @@ class MAML2(EpisodicLearner):
         metrics = self.support_metrics(feats, sy, phi0, {n: w.detach() for n, w in fast.items()})
         metrics.update(self.query_metrics(loss, logits, qy))
         metrics["meta/inner_grad_norm"] = float(torch.stack(norms).mean())
-        n_s, n_q = len(sy), len(qy)
-        flops = self.episode_flops(n_s, n_q, support_backward=True, query_backward=True,
-                                   head_inner=SECOND_ORDER_STEP_COST * self.meta.inner.steps * n_s,
-                                   head_extra=2.0 * n_s + 3.0 * n_q)
-        return StepOutput(loss=loss.item(), tokens=ep.tokens, flops=flops, metrics=metrics)
+        cost = self.step_cost(self.meta, self.backbone.cfg, len(sy), len(qy))
+        return StepOutput(loss=loss.item(), tokens=cost.tokens, flops=cost.flops, metrics=metrics)
+
+    @classmethod
+    def step_cost(cls, meta, model_cfg, n_s: int, n_q: int) -> StepCost:
+        flops = cls.episode_flops(meta, model_cfg, n_s, n_q, support_backward=True, query_backward=True,
+                                  head_inner=SECOND_ORDER_STEP_COST * meta.inner.steps * n_s,
+                                  head_extra=2.0 * n_s + 3.0 * n_q)
+        return StepCost(tokens=(n_s + n_q) * meta.episode.window, flops=flops)

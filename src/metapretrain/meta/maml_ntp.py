@@ -28,7 +28,7 @@ from metapretrain.meta.fast import call_at
 from metapretrain.meta.fomaml import first_order
 from metapretrain.model.flops import forward_flops_per_token
 from metapretrain.train.runtime import to_device
-from metapretrain.train.steps import StepContext, StepKind, StepOutput, register_step
+from metapretrain.train.steps import StepContext, StepCost, StepKind, StepOutput, register_step
 
 
 def adapted_names(model: torch.nn.Module, scope: str, inner_layers: int) -> list[str]:
@@ -131,18 +131,23 @@ class MAMLNextToken(StepKind):
 
         metrics = {"meta/support_loss_before": loss_before, "meta/support_loss_after": loss_after,
                    "meta/query_loss": loss.item(), "meta/inner_grad_norm": float(torch.stack(norms).mean())}
-        T, s_tok = self.seq_len, self.cfg.support_batch_size * self.seq_len
-        q_tok = self.cfg.query_batch_size * self.seq_len
-        fwd = forward_flops_per_token(self.model.cfg, T)
-        inner = self.steps * s_tok * (fwd + 2.0 * self._backward_span(T)) + s_tok * fwd
-        total = inner + q_tok * 3.0 * fwd
-        return StepOutput(loss=loss.item(), tokens=(self.steps + 1) * s_tok + q_tok, flops=total, metrics=metrics)
+        cost = self.expected_cost(self.ctx.cfg, self.model.cfg)
+        return StepOutput(loss=loss.item(), tokens=cost.tokens, flops=cost.flops, metrics=metrics)
 
-    def _backward_span(self, T: int) -> float:
+    @classmethod
+    def expected_cost(cls, cfg, model_cfg) -> StepCost:
+        # Every batch size is fixed by the config, so a step always costs this (`run` reports it too).
+        ntp, steps, T = cfg.meta.maml_ntp, cfg.meta.inner.steps, cfg.train.seq_len
+        s_tok, q_tok = ntp.support_batch_size * T, ntp.query_batch_size * T
+        fwd = forward_flops_per_token(model_cfg, T)
+        inner = steps * s_tok * (fwd + 2.0 * cls._backward_span(ntp, model_cfg, T)) + s_tok * fwd
+        return StepCost(tokens=(steps + 1) * s_tok + q_tok, flops=inner + q_tok * 3.0 * fwd)
+
+    @staticmethod
+    def _backward_span(ntp, model_cfg, T: int) -> float:
         """Forward FLOPs per token of the part of the network an inner backward traverses."""
-        cfg = self.model.cfg
-        if self.cfg.scope == "all":
-            return forward_flops_per_token(cfg, T)
-        if self.cfg.scope == "head":
-            return flops.lm_head_forward(cfg)
-        return flops.suffix_forward(cfg, T, self.cfg.inner_layers, lm_head=True)
+        if ntp.scope == "all":
+            return forward_flops_per_token(model_cfg, T)
+        if ntp.scope == "head":
+            return flops.lm_head_forward(model_cfg)
+        return flops.suffix_forward(model_cfg, T, ntp.inner_layers, lm_head=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from metapretrain.meta.episodic import EpisodicLearner, accuracy
 from metapretrain.meta.fast import LastHidden, accumulate_grad, call_at
-from metapretrain.train.steps import StepOutput, register_step
+from metapretrain.train.steps import StepCost, StepOutput, register_step
 
 
 @register_step("reptile")
@@ -35,12 +35,30 @@ class Reptile(EpisodicLearner):
             out = self._head_scope(ep, sy, qy, gen)
         else:
             out = self._all_scope(ep, sy, qy, gen)
-        delta, metrics, query_logits, flops, tokens = out
+        delta, metrics, query_logits = out
         accumulate_grad({**self.backbone_params, **self.head_params()}, delta,
                         self.meta.reptile.outer_step_size * scale)
         loss = F.cross_entropy(query_logits, qy)
         metrics.update(self.query_metrics(loss, query_logits, qy))
-        return StepOutput(loss=loss.item(), tokens=tokens, flops=flops, metrics=metrics)
+        cost = self.step_cost(self.meta, self.backbone.cfg, len(sy), len(qy))
+        return StepOutput(loss=loss.item(), tokens=cost.tokens, flops=cost.flops, metrics=metrics)
+
+    @classmethod
+    def step_cost(cls, meta, model_cfg, n_s: int, n_q: int) -> StepCost:
+        W, steps = meta.episode.window, meta.inner.steps
+        if meta.reptile.scope == "head":
+            # Features once (no backward), inner steps on the head, then the after-metrics and the query logits.
+            flops = cls.episode_flops(meta, model_cfg, n_s, n_q, support_backward=False, query_backward=False,
+                                      head_inner=3.0 * steps * n_s, head_extra=2.0 * n_s + n_q)
+            return StepCost(tokens=(n_s + n_q) * W, flops=flops)
+        # Inner steps: fwd+bwd of backbone and head on the support; then one forward each for the after-metrics and query.
+        flops = (steps - 1) * cls.episode_flops(meta, model_cfg, n_s, 0, support_backward=True, query_backward=False,
+                                                head_inner=0.0, head_extra=0.0)
+        flops += cls.episode_flops(meta, model_cfg, n_s, n_q, support_backward=True, query_backward=False,
+                                   head_inner=3.0 * steps * n_s, head_extra=n_s + n_q)
+        flops += cls.episode_flops(meta, model_cfg, n_s, 0, support_backward=False, query_backward=False,
+                                   head_inner=0.0, head_extra=0.0)
+        return StepCost(tokens=((steps + 1) * n_s + n_q) * W, flops=flops)
 
     def _head_scope(self, ep, sy, qy, gen):
         with torch.no_grad():
@@ -51,10 +69,7 @@ class Reptile(EpisodicLearner):
         with torch.no_grad():
             query_logits = self._eval_head(qfeats, fast)
         delta = {n: p.detach() - fast[n] for n, p in phi0.items()}
-        n_s, n_q = len(sy), len(qy)
-        flops = self.episode_flops(n_s, n_q, support_backward=False, query_backward=False,
-                                   head_inner=3.0 * self.meta.inner.steps * n_s, head_extra=2.0 * n_s + n_q)
-        return delta, metrics, query_logits, flops, ep.tokens
+        return delta, metrics, query_logits
 
     def _all_scope(self, ep, sy, qy, gen):
         sx, qx = ep.support.to(self.ctx.device), ep.query.to(self.ctx.device)
@@ -81,16 +96,7 @@ class Reptile(EpisodicLearner):
                         "meta/support_acc_after": accuracy(s_after, sy),
                         "meta/inner_grad_norm": float(torch.stack(norms).mean())})
         delta = {n: theta0[n] - fast[n] for n in theta0}
-        n_s, n_q, steps = len(sy), len(qy), self.meta.inner.steps
-        # Inner steps: fwd+bwd of backbone and head on the support; then one forward each for the after-metrics and query.
-        flops = (steps - 1) * self.episode_flops(n_s, 0, support_backward=True, query_backward=False,
-                                                 head_inner=0.0, head_extra=0.0)
-        flops += self.episode_flops(n_s, n_q, support_backward=True, query_backward=False,
-                                    head_inner=3.0 * steps * n_s, head_extra=n_s + n_q)
-        flops += self.episode_flops(n_s, 0, support_backward=False, query_backward=False,
-                                    head_inner=0.0, head_extra=0.0)
-        tokens = (steps + 1) * ep.support.numel() + ep.query.numel()
-        return delta, metrics, query_logits, flops, tokens
+        return delta, metrics, query_logits
 
     def _backbone_part(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {n: params[n] for n in self.backbone_params}

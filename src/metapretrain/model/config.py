@@ -30,5 +30,13 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def num_parameters(self) -> int:
+        """Parameters of the Decoder this config builds (untied embedding and LM head, no biases),
+        counted without building it: `Decoder(cfg).num_parameters()` is the same number."""
+        d, hd = self.d_model, self.head_dim
+        attn = 2 * d * self.n_heads * hd + 2 * d * self.n_kv_heads * hd
+        block = attn + 3 * d * self.ffn_hidden + 2 * d  # + the two RMSNorm gains
+        return 2 * self.vocab_size * d + self.n_layers * block + d
+
     def to_dict(self) -> dict:
         return asdict(self)

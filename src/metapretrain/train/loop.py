@@ -327,12 +327,15 @@ class Trainer:
         if self.last_checkpoint is None:  # fresh start: the init state is a checkpoint for the dynamics stage
             last_eval = self.evaluate()
             self.save()
+        # The progress line keeps the last next-token loss, lr, validation loss and speed: an update of meta
+        # steps only has no next-token loss, and speed and validation are measured only every few updates.
+        shown = {"val": last_eval if last_eval is not None else _last_eval(self.metrics.path)}
         scheduled = checkpoint_steps(t)
         progress = Progress("pretrain", total=t.budget.value, unit=t.budget.unit, every_s=t.progress_every_s,
                             formatter=_progress_line,
                             **({} if self.dist.is_main else {"stream": io.StringIO(), "plain": True}))
         with progress:
-            progress.update(self.counters.get(t.budget.unit))
+            progress.update(self.counters.get(t.budget.unit), **shown)
             while not self.reached():
                 if self.dist.any(preemption.requested()):  # all ranks stop at the same update
                     self.counters.wall = wall0 + time.perf_counter() - session_start
@@ -353,8 +356,11 @@ class Trainer:
                     last_eval = self.evaluate()
                 if step in scheduled or step % t.checkpoint.every == 0 or done:
                     self.save()
-                progress.update(self.counters.get(t.budget.unit), step=step, loss=fields.get("loss"),
-                                tok_s=fields.get("tokens_per_s"))
+                shown.update({k: v for k, v in (("step", step if t.budget.unit != "steps" else None),
+                                                ("loss", fields.get("loss")), ("lr", fields["lr"]),
+                                                ("val", last_eval), ("tok_s", fields.get("tokens_per_s")))
+                              if v is not None})
+                progress.update(self.counters.get(t.budget.unit), **shown)
         if self.last_checkpoint != self.counters.step:  # resumed at the final step without its checkpoint
             self.save()
         if last_eval is None:
@@ -376,11 +382,16 @@ class _Weights:
 
 
 def _progress_line(fields: dict) -> str:
+    """`step 40  loss 4.1234  lr 3.0e-03  val 4.2345  12,345 tok/s` (step only for token and FLOP budgets)."""
     parts = []
     if fields.get("step") is not None:
         parts.append(f"step {fields['step']}")
     if fields.get("loss") is not None:
         parts.append(f"loss {fields['loss']:.4f}")
+    if fields.get("lr") is not None:
+        parts.append(f"lr {fields['lr']:.1e}")
+    if fields.get("val") is not None:
+        parts.append(f"val {fields['val']:.4f}")
     if fields.get("tok_s"):
         parts.append(f"{fields['tok_s']:,.0f} tok/s")
     return "  ".join(parts)

@@ -42,6 +42,11 @@ _MAY_CHANGE = ("train.budget", "train.eval_every", "train.eval_batches", "train.
                "train.tf32", "train.activation_checkpointing", "train.distributed", "train.on_nonfinite")
 
 
+def changes_training(key: str) -> bool:
+    """Whether a change of this dotted config key stops a run from resuming its checkpoints."""
+    return key.split(".")[0] in _TRAINING_SECTIONS and not key.startswith(_MAY_CHANGE)
+
+
 def check_config_unchanged(run_dir: Path, cfg) -> None:
     """Refuse to resume checkpoints trained under a different config (e.g. `train.lr` edited in the grid).
 
@@ -70,7 +75,7 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     before = flatten({k: old.get(k) for k in _TRAINING_SECTIONS if k in old})
     after = flatten({k: new[k] for k in _TRAINING_SECTIONS})
     changed = sorted(k for k in set(before) | set(after)
-                     if before.get(k) != after.get(k) and not k.startswith(_MAY_CHANGE))
+                     if before.get(k) != after.get(k) and changes_training(k))
     if changed:
         diffs = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])
         raise ConfigError(f"{run_dir}: its checkpoints were trained with a different config ({diffs}). "

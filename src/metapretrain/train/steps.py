@@ -55,6 +55,14 @@ class StepContext:
             self.raw_model = self.model
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """What one micro-batch of a step kind processes (tokens) and computes (training FLOPs)."""
+
+    tokens: int
+    flops: float
+
+
 @dataclass
 class StepOutput:
     loss: float  # the step's training loss (for next_token: mean token cross-entropy)
@@ -83,6 +91,14 @@ class StepKind(abc.ABC):
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
         """Forward + backward of one micro-batch; gradients (loss * scale) accumulate into `.grad`."""
 
+    @classmethod
+    def expected_cost(cls, cfg, model_cfg) -> StepCost:
+        """The tokens and FLOPs `run` reports for one micro-batch, from the RunConfig and the resolved
+        ModelConfig alone (for plans: `metapretrain grid show`). Batches are global (`train.batch_size`);
+        whatever a step samples per process (an episode) is counted once: the caller multiplies by the
+        number of processes."""
+        raise NotImplementedError(f"step kind {cls.__name__} does not describe its cost (expected_cost)")
+
     def state_dict(self) -> dict:
         return {}
 
@@ -107,3 +123,10 @@ class NextTokenStep(StepKind):
         n_tokens = batch.shape[0] * (batch.shape[1] - 1)
         flops = self.ctx.raw_model.flops_per_token(batch.shape[1] - 1) * n_tokens
         return StepOutput(loss=loss.item(), tokens=n_tokens, flops=flops)
+
+    @classmethod
+    def expected_cost(cls, cfg, model_cfg) -> StepCost:
+        from metapretrain.model.flops import training_flops_per_token
+
+        n_tokens = cfg.train.batch_size * cfg.train.seq_len
+        return StepCost(tokens=n_tokens, flops=training_flops_per_token(model_cfg, cfg.train.seq_len) * n_tokens)

@@ -1,0 +1,39 @@
+# The grid's own files, written by the driver from the expanded grid (no job process needed):
+# grid.yaml, each run's config.resolved.yaml + run.json, each tokenize config.
+rule grid:
+    output:
+        f"{EXP_DIR}/grid.yaml",
+    log:
+        f"{EXP_DIR}/logs/grid.log",
+    params:
+        runs=lambda w: {r.run_id: r.hash for r in EXP.runs},
+    localrule: True
+    run:
+        write_grid_file(EXP, EXPERIMENT_FILE, output[0])
+        write_log(log[0], f"{len(EXP.runs)} runs of {EXPERIMENT_FILE} -> {output[0]}")
+
+
+rule run_config:
+    output:
+        f"{EXP_DIR}/runs/{{run}}/config.resolved.yaml",
+    log:
+        f"{EXP_DIR}/runs/{{run}}/logs/run_config.log",
+    params:
+        hash=lambda w: RUNS[w.run].hash,
+    localrule: True
+    run:
+        write_run_files(EXP.name, RUNS[wildcards.run])
+        write_log(log[0], f"run hash {params.hash} -> {output[0]}")
+
+
+rule tokenize_config:
+    output:
+        f"{EXP_DIR}/tokenize/{{tok}}.yaml",
+    log:
+        f"{EXP_DIR}/logs/tokenize_config/{{tok}}.log",
+    params:
+        cfg=lambda w: TOKS[w.tok],
+    localrule: True
+    run:
+        write_tokenize_config(EXP, wildcards.tok, output[0])
+        write_log(log[0], f"-> {output[0]}")
