@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from metapretrain.config.errors import ConfigError
 from metapretrain.config.values import parse_value
 from metapretrain.grid import Experiment, Run, load_experiment
