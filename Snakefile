@@ -9,6 +9,7 @@ rule all:
         all_targets(),
 
 
+include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     p_show = sub.add_parser("show", help="print the runs as a table")
     p_show.add_argument("config")
     p_show.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p_val = sub.add_parser("validate", help="check experiment files; exit 2 on the first error")
+    p_val = sub.add_parser("validate", help="check experiment files and the data they name; exit 2 on the first bad file")
     p_val.add_argument("configs", nargs="+")
     p_diff = sub.add_parser("diff", help="runs an edit adds, removes or changes")
     p_diff.add_argument("old")
@@ -107,9 +107,17 @@ def main(argv: list[str]) -> int:
         else:
             _table(exp)
     elif args.cmd == "validate":
+        from metapretrain.data.plan import experiment_plan
+
         for path in args.configs:
             exp = load_experiment(path, overrides=sets)
+            plan = experiment_plan(exp)  # every data file of every named set and split, before any compute
+            for problem in plan.problems:
+                print(f"metapretrain grid: config error: {problem}", file=sys.stderr)
+            if plan.problems:
+                return 2
             print(f"{path}: OK ({len(exp.runs)} runs, axes: {', '.join(exp.axes) or 'none'})")
+            print(f"  {plan.summary()}".replace("\n", "\n  "))
     elif args.cmd == "diff":
         d = _diff(load_experiment(args.old, overrides=sets), load_experiment(args.new, overrides=sets))
         if args.json:

@@ -1,6 +1,7 @@
 # Grid → targets. The experiment file is config/config.yaml unless --configfile
 # names another (it replaces, never merges). `--config 'train={lr: 1.0e-3}'` or
 # `--config set="train.lr=1e-3 launch.slurm.partition=gpu"` overrides `defaults` keys.
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 
 EXPERIMENT_FILE = str(workflow.config_settings.configfiles[-1]) if workflow.config_settings.configfiles else "config/config.yaml"
 _overrides, _name = overrides_from_snakemake(dict(workflow.config_settings.config))
+DATA_OVERRIDES = json.dumps(_overrides)  # for `metapretrain data fetch` (data.smk), which reloads the grid
 EXP = load_experiment(EXPERIMENT_FILE, overrides=_overrides)
 if _name:
     EXP.name = _name
@@ -36,6 +38,11 @@ def run_dir(run_id):
 
 def tok_dir(tok_id):
     return str(paths.tokenize_dir(EXP.name, tok_id))
+
+
+def data_marker(part, name):
+    """What the data rule (data.smk) leaves once the data of a tokenize id / train set is in place."""
+    return ancient(f"{EXP_DIR}/data/{part}/{name}.json")
 
 
 # A run id is `key~value` parts joined by '/' (or `base`); stage directories never contain '~',
@@ -99,7 +106,8 @@ rule tokenize_config:
     output:
         f"{EXP_DIR}/tokenize/{{tok}}.yaml",
     params:
-        cfg=lambda w: TOKS[w.tok],
+        # Not the data section: where the data lives is not what a tokenization is (its id has the content).
+        cfg=lambda w: {k: v for k, v in TOKS[w.tok].items() if k != "data"},
     localrule: True
     run:
         write_tokenize_config(EXP, wildcards.tok, output[0])
