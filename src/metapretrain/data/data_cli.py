@@ -37,12 +37,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _experiment(args):
+    from metapretrain.config.errors import ConfigError
     from metapretrain.grid import load_experiment
     from metapretrain.grid_cli import parse_sets
 
     overrides = parse_sets(args.set)
     if args.overrides:
-        overrides.update(json.loads(args.overrides))
+        try:
+            extra = json.loads(args.overrides)
+        except ValueError as exc:
+            raise ConfigError(f"not a JSON object ({exc})", file="--overrides") from None
+        if not isinstance(extra, dict):
+            raise ConfigError("expected a JSON object of dotted keys", file="--overrides")
+        overrides.update(extra)
     return load_experiment(args.config, overrides=overrides)
 
 
@@ -78,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = fetch(plan)
     except DownloadError as exc:
-        print(f"metapretrain data fetch: {exc}", file=sys.stderr)
+        print(f"metapretrain data fetch: {exc}\n(no internet here? point data.root or $METAPRETRAIN_DATA at a copy of "
+              "the offline mirror, or data.download_url / $METAPRETRAIN_DOWNLOAD_URL at a reachable mirror)",
+              file=sys.stderr)
         return 1
     if args.record:
         need = f"tokenize {args.tokenize}" if args.tokenize else f"train set {args.train_set}" if args.train_set else "all"

@@ -98,9 +98,17 @@ class ContentIndex:
 
     def __init__(self) -> None:
         self._corpus: dict[str, dict] = {}
+        self._last: tuple[dict, dict] | None = None  # (config, result): the run hash and tokenize id ask in turn
 
     def corpus(self, config: dict) -> dict:
         """The corpus section as it enters a run's identity: file sources by content."""
+        if self._last is not None and self._last[0] is config:
+            return self._last[1]
+        result = self._lookup(config)
+        self._last = (config, result)
+        return result
+
+    def _lookup(self, config: dict) -> dict:
         corpus = config["corpus"]
         key = json.dumps([config.get("data"), corpus], sort_keys=True, default=str)
         if key not in self._corpus:
