@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
+# The data first, on the terminal (a progress bar): without a mirror it is downloaded into the cache.
 demo: setup
+	$(BIN)/metapretrain data fetch config/config.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 	$(BIN)/metapretrain status config/config.yaml
 

@@ -16,6 +16,7 @@ rule all:
 
 
 include: "workflow/rules/grid.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"

@@ -1,17 +1,13 @@
-"""UNER reader, discovery, stats CLI and the checksummed downloader."""
+"""UNER reader, discovery and stats CLI (the downloader is tested in test_data.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
 from metapretrain.data import uner_cli
-from metapretrain.data.download import DownloadError, RemoteFile, download, download_uner, git_blob_id
 from metapretrain.data.uner import UnerFormatError, discover, evaluation_only, read_file, read_iob2, stats
 
 GOOD = (
@@ -160,86 +156,3 @@ def test_unofficial_english_stand_in_reads_only_when_passed_explicitly(data_root
     assert dict(rep.entities) == {"PER": 2_873, "LOC": 2_698, "ORG": 1_434}
     assert rep.mapped_to_o == {"OTH": 888, "O": 540} and rep.repairs == []
     assert "train" not in discover(data_root / "uner")["English-EWT"]
-
-
-# --- download against a local HTTP server ---------------------------------------------------------------
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    cut_after: dict[str, int] = {}  # path -> bytes sent before the connection drops (once)
-    ranges: list[str | None] = []
-
-    def do_GET(self):
-        data = self.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        rng = self.headers.get("Range")
-        type(self).ranges.append(rng)
-        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-        if start >= len(data):
-            self.send_error(416)
-            return
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        cut = self.cut_after.pop(self.path, None)
-        self.wfile.write(body[:cut] if cut is not None else body)
-        if cut is not None:
-            self.wfile.flush()
-            self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    _Handler.files, _Handler.cut_after, _Handler.ranges = {}, {}, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_verifies_and_resumes_after_a_dropped_connection(tmp_path, server):
-    base, handler = server
-    data = bytes(range(256)) * 400
-    handler.files["/f.iob2"] = data
-    handler.cut_after["/f.iob2"] = 10_000
-    dest = download(f"{base}/f.iob2", tmp_path / "f.iob2", sha256=hashlib.sha256(data).hexdigest(), backoff_s=0)
-    assert dest.read_bytes() == data
-    assert handler.ranges == [None, "bytes=10000-"]
-    assert not (tmp_path / ".f.iob2.part").exists()
-    # Already present and matching: no request at all.
-    download(f"{base}/f.iob2", dest, sha256=hashlib.sha256(data).hexdigest())
-    assert len(handler.ranges) == 2
-
-
-def test_download_checksum_mismatch_leaves_nothing(tmp_path, server):
-    base, handler = server
-    handler.files["/f.iob2"] = b"tampered\n"
-    with pytest.raises(DownloadError, match="checksum mismatch"):
-        download(f"{base}/f.iob2", tmp_path / "f.iob2", sha256="0" * 64)
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(DownloadError, match="HTTP 404"):
-        download(f"{base}/missing", tmp_path / "g.iob2", sha256="0" * 64)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_download_uner_with_git_blob_checksum(tmp_path, server):
-    base, handler = server
-    data = GOOD.encode()
-    (tmp_path / "ref").write_bytes(data)
-    blob = git_blob_id(tmp_path / "ref")
-    assert blob == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    files = [RemoteFile("Danish-DDT", "da_ddt-ud-test.iob2", "abc", len(data), git_blob=blob)]
-    handler.files["/UNER_Danish-DDT/abc/da_ddt-ud-test.iob2"] = data
-    [path] = download_uner(tmp_path / "uner", files=files, base=base)
-    assert path == tmp_path / "uner" / "Danish-DDT" / "da_ddt-ud-test.iob2"
-    assert read_iob2(path)[1].sentences == 2
-    with pytest.raises(KeyError, match="unknown UNER treebank"):
-        download_uner(tmp_path / "uner", ["Klingon-X"], files=files, base=base)

@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "grid": ("metapretrain.grid_cli", "show, validate, diff or materialize an experiment's grid"),
+    "data": ("metapretrain.data.data_cli", "check and download the data an experiment reads (UNER, corpus)"),
     "tokenize": ("metapretrain.data.tokenize_stage", "train/load the tokenizer and write token shards"),
     "pretrain": ("metapretrain.train.stage", "pretrain one run (vanilla or meta), resumable"),
     "export": ("metapretrain.model.hf", "export a checkpoint to a Hugging Face LlamaForCausalLM folder"),

@@ -22,10 +22,13 @@ from metapretrain.config.schema import experiment_schema, fill_defaults, known_k
 from metapretrain.config.types import RunConfig
 from metapretrain.config.values import coerce_strings
 from metapretrain.config.yamlpos import PositionedYAML
+from metapretrain.data.errors import DataError
+from metapretrain.data.identity import ContentIndex, corpus_identity
 
-# Sections that say how and where a run executes, not what it computes:
-# they are left out of the run hash, so changing them never changes a run's identity.
-NON_IDENTITY_SECTIONS = ("launch", "wandb")
+# Sections that say how and where a run executes, or where its data lives, not what it computes:
+# they are left out of the run hash, so changing them never changes a run's identity. The data
+# enters the identity by content instead (`data.identity`: the corpus files' sha256).
+NON_IDENTITY_SECTIONS = ("launch", "wandb", "data")
 TOKENIZE_SECTIONS = ("data", "corpus", "tokenizer")
 
 
@@ -36,14 +39,11 @@ class Run:
     config: dict  # fully resolved run config
     hash: str
     source: str = "grid"  # grid | include
+    tok_id: str = ""
 
     @property
     def typed(self) -> RunConfig:
         return RunConfig.from_dict(self.config)
-
-    @property
-    def tok_id(self) -> str:
-        return tokenize_id(self.config)
 
 
 @dataclass
@@ -79,13 +79,16 @@ def short_hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
 
 
-def run_hash(config: dict) -> str:
-    return short_hash({k: v for k, v in config.items() if k not in NON_IDENTITY_SECTIONS})
+def run_hash(config: dict, index: ContentIndex | None = None) -> str:
+    identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_SECTIONS}
+    identity["corpus"] = corpus_identity(config, index)
+    return short_hash(identity)
 
 
-def tokenize_id(config: dict) -> str:
+def tokenize_id(config: dict, index: ContentIndex | None = None) -> str:
     # The seed matters to tokenization only through the validation split, which is hash-based: leave it out.
-    return f"{config['corpus']['name']}-{short_hash({k: config[k] for k in TOKENIZE_SECTIONS}, 8)}"
+    identity = {"corpus": corpus_identity(config, index), "tokenizer": config["tokenizer"]}
+    return f"{config['corpus']['name']}-{short_hash(identity, 8)}"
 
 
 def format_value(value: Any) -> str:
@@ -208,12 +211,20 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
     points = [p for p in points if not _excluded(p, data["exclude"], axes, file, lines)]
 
     runs: list[Run] = []
-    for point in points:
-        runs.append(_make_run(point, axes, base, file, lines, source="grid"))
-    for i, item in enumerate(data["include"]):
-        point, extra = _parse_include(item, axes, file, lines, i)
-        run = _make_run(point, axes, base, file, lines, source="include", extra=extra)
-        runs.append(run)
+    index = ContentIndex()
+    try:
+        for point in points:
+            runs.append(_make_run(point, axes, base, file, lines, index, source="grid"))
+        for i, item in enumerate(data["include"]):
+            point, extra = _parse_include(item, axes, file, lines, i)
+            runs.append(_make_run(point, axes, base, file, lines, index, source="include", extra=extra))
+    except DataError as exc:
+        if exc.file:
+            raise
+        from metapretrain.data.plan import key_line
+
+        raise DataError(exc.problem, key=exc.key, value=exc.value, file=file or "--config",
+                        line=key_line(doc, exc.key, exc.value) if doc else None) from None
 
     unique: list[Run] = []
     seen: dict[str, str] = {}
@@ -345,7 +356,8 @@ def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
     return point, extra
 
 
-def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: dict | None = None) -> Run:
+def _make_run(point: dict, axes, base: dict, file, lines, index: ContentIndex, source: str,
+              extra: dict | None = None) -> Run:
     cfg = base
     for name in axes:
         if name in point:
@@ -359,7 +371,8 @@ def _make_run(point: dict, axes, base: dict, file, lines, source: str, extra: di
     from metapretrain.config.semantics import check
 
     check(resolved, file=file, run_id=run_id, lines=lines)
-    return Run(run_id=run_id, axes=labels, config=resolved, hash=run_hash(resolved), source=source)
+    return Run(run_id=run_id, axes=labels, config=resolved, hash=run_hash(resolved, index), source=source,
+               tok_id=tokenize_id(resolved, index))
 
 
 # --------------------------------------------------------------------------- Snakemake --config

@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
                         help=f"model FLOP utilisation the GPU-hours assume (default {DEFAULT_MFU})")
     p_show.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
                         help=f"peak TFLOP/s of one GPU (default {DEFAULT_PEAK_TFLOPS:g}: H100 SXM, dense BF16)")
-    p_val = sub.add_parser("validate", help="check experiment files; exit 2 on the first error")
+    p_val = sub.add_parser("validate", help="check experiment files and the data they name; exit 2 on the first bad file")
     p_val.add_argument("configs", nargs="+")
     p_diff = sub.add_parser("diff", help="runs an edit adds, removes or changes")
     p_diff.add_argument("old")
@@ -145,9 +145,17 @@ def main(argv: list[str]) -> int:
         else:
             _table(exp, costs, args.mfu, args.peak_tflops)
     elif args.cmd == "validate":
+        from metapretrain.data.plan import experiment_plan
+
         for path in args.configs:
             exp = load_experiment(path, overrides=sets)
+            plan = experiment_plan(exp)  # every data file of every named set and split, before any compute
+            for problem in plan.problems:
+                print(f"metapretrain grid: config error: {problem}", file=sys.stderr)
+            if plan.problems:
+                return 2
             print(f"{path}: OK ({len(exp.runs)} runs, axes: {', '.join(exp.axes) or 'none'})")
+            print(f"  {plan.summary()}".replace("\n", "\n  "))
     elif args.cmd == "diff":
         d = _diff(load_experiment(args.old, overrides=sets), load_experiment(args.new, overrides=sets))
         if args.json:

@@ -234,14 +234,18 @@ def config_changes(run, run_dir: Path) -> list[dict] | None:
 
     from metapretrain.grid import NON_IDENTITY_SECTIONS, flatten
 
+    from metapretrain.config.values import load_yaml
+    from metapretrain.io import read_text
+    from metapretrain.launch.jobs import read_run_info
+
     try:
-        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("hash")
-    except (OSError, ValueError, AttributeError):
+        recorded = (read_run_info(run_dir) or {}).get("hash")
+    except (OSError, ValueError):  # an unreadable run.json is reported by the stages that need it
         return None
     if recorded is None or recorded == run.hash:
         return None
     try:
-        old = yaml.safe_load(paths.resolved_config(run_dir).read_text(encoding="utf-8")) or {}
+        old = load_yaml(read_text(paths.resolved_config(run_dir))) or {}
     except (OSError, ValueError, yaml.YAMLError):
         old = {}
 

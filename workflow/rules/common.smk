@@ -1,6 +1,7 @@
 # Grid → targets. The experiment file is config/config.yaml unless --configfile
 # names another (it replaces, never merges). `--config 'train={lr: 1.0e-3}'` or
 # `--config set="train.lr=1e-3 launch.slurm.partition=gpu"` overrides `defaults` keys.
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executab
 
 EXPERIMENT_FILE = str(workflow.config_settings.configfiles[-1]) if workflow.config_settings.configfiles else "config/config.yaml"
 _overrides, _name = overrides_from_snakemake(dict(workflow.config_settings.config))
+DATA_OVERRIDES = json.dumps(_overrides)  # for `metapretrain data fetch` (data.smk), which reloads the grid
 EXP = load_experiment(EXPERIMENT_FILE, overrides=_overrides)
 if _name:
     EXP.name = _name
@@ -39,6 +41,11 @@ def run_dir(run_id):
 
 def tok_dir(tok_id):
     return str(paths.tokenize_dir(EXP.name, tok_id))
+
+
+def data_marker(part, name):
+    """What the data rule (data.smk) leaves once the data of a tokenize id / train set is in place."""
+    return ancient(f"{EXP_DIR}/data/{part}/{name}.json")
 
 
 # A run id is `key~value` parts joined by slashes (or `base`); stage directories never contain
@@ -93,4 +100,3 @@ def figure_group(group, caption, category):
     """A figures subdirectory as a report item: every PNG in it, captioned by workflow/report/<caption>."""
     return report(directory(f"{FIGURES_DIR}/{group}"), patterns=["{figure}.png"], caption=f"../report/{caption}",
                   category=category, labels={"figure": "{figure}"})
-

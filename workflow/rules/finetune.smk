@@ -1,6 +1,7 @@
 rule finetune:
     input:
-        f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+        pretrain=f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+        data=lambda w: data_marker("train-set", w.train_set),
     output:
         f"{EXP_DIR}/runs/{{run}}/finetune/{{train_set}}~{{regime}}/done.json",
     log:

@@ -32,7 +32,8 @@ rule tokenize_config:
     log:
         f"{EXP_DIR}/logs/tokenize_config/{{tok}}.log",
     params:
-        cfg=lambda w: TOKS[w.tok],
+        # Not the data section: where the data lives is not what a tokenization is (its id has the content).
+        cfg=lambda w: {k: v for k, v in TOKS[w.tok].items() if k != "data"},
     localrule: True
     run:
         write_tokenize_config(EXP, wildcards.tok, output[0])

@@ -1,6 +1,7 @@
 rule tokenize:
     input:
-        f"{EXP_DIR}/tokenize/{{tok}}.yaml",
+        cfg=f"{EXP_DIR}/tokenize/{{tok}}.yaml",
+        data=lambda w: data_marker("tokenize", w.tok),
     output:
         done=f"{EXP_DIR}/tokenize/{{tok}}/done.json",
     log:
@@ -11,4 +12,4 @@ rule tokenize:
         out=lambda w: tok_dir(w.tok),
     localrule: True
     shell:
-        "metapretrain tokenize --config {input} --out {params.out} > {log} 2>&1"
+        "metapretrain tokenize --config {input.cfg} --out {params.out} > {log} 2>&1"

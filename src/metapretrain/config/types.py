@@ -48,6 +48,7 @@ def _plain(value):
 class DataSection(_Section):
     root: str | None
     cache_dir: str
+    download_url: str | None
 
 
 @dataclass(frozen=True)

@@ -8,32 +8,17 @@ for bad UTF-8, the line.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from metapretrain.data.paths import resolve
+from metapretrain.data import catalogue
+from metapretrain.data.catalogue import Entry
+from metapretrain.data.paths import DataLocation, resolve
 from metapretrain.io import InputError, decode_text
-
-# Files of the default corpus that can be fetched for online users when no
-# local mirror holds them: path under the data root -> (URL, sha256).
-CORPUS_CATALOGUE: dict[str, tuple[str, str]] = {
-    "corpus/tinyshakespeare.txt": (
-        "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-    ),
-    "corpus/wikitext-2_valid.tokens.txt": (
-        "https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2/valid.txt",
-        "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
-    ),
-    "corpus/wikitext-2_test.tokens.txt": (
-        "https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2/test.txt",
-        "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
-    ),
-}
 
 
 class CorpusError(ValueError):
@@ -46,30 +31,36 @@ class SourceFile:
     documents: str  # line | paragraph
 
 
-def expand_files(source: dict, root: Path, *, fetch: bool = False, base_url_map: dict | None = None) -> list[SourceFile]:
-    """The files of a `files` source, sorted within each pattern; missing ones fetched from the catalogue if `fetch`."""
+def expand_files(source: dict, root: Path) -> list[SourceFile]:
+    """The files of a `files` source that exist under `root`, sorted within each pattern."""
     out: list[SourceFile] = []
     for pattern in source["paths"]:
         full = resolve(pattern, root)
         matches = sorted(Path(p) for p in glob.glob(str(full)))
-        if not matches and fetch:
-            matches = _fetch_missing(pattern, root, base_url_map or {})
         if not matches:
             hint = "" if glob.has_magic(pattern) else " (file not found)"
-            raise CorpusError(f"{full}: corpus.sources pattern '{pattern}' matches no file{hint}; data root is {root}")
+            fetch = " (run `metapretrain data fetch <experiment.yaml>` to download it)" if catalogue.matching(pattern) else ""
+            raise CorpusError(f"{full}: corpus.sources pattern '{pattern}' matches no file{hint}; "
+                              f"data root is {root}{fetch}")
         out.extend(SourceFile(m, source.get("documents", "line")) for m in matches if m.is_file())
     return out
 
 
-def _fetch_missing(pattern: str, root: Path, base_url_map: dict) -> list[Path]:
-    from metapretrain.data.download import download
-
-    fetched = []
-    for rel, (url, sha) in sorted(CORPUS_CATALOGUE.items()):
-        if fnmatch.fnmatch(rel, pattern) or rel == pattern:
-            url = base_url_map.get(rel, url)
-            fetched.append(download(url, root / rel, sha256=sha))
-    return fetched
+def expand_pattern(pattern: str, location: DataLocation) -> list[tuple[Path, Entry | None]]:
+    """What a pattern names under a data location: the files there, plus, when the root is the
+    download cache, the catalogue files it names that are still to be fetched; sorted by path.
+    Each comes with its catalogue entry (None for a file the catalogue does not know)."""
+    full = resolve(pattern, location.root)
+    found: dict[Path, Entry | None] = {Path(p): None for p in glob.glob(str(full)) if os.path.isfile(p)}
+    if location.fetchable:
+        if not full.is_relative_to(location.root):
+            return sorted(found.items())
+        for entry in catalogue.matching(full.relative_to(location.root).as_posix()):
+            found[location.root / entry.rel] = entry
+        for path in found:
+            if found[path] is None:
+                found[path] = catalogue.CATALOGUE.get(path.relative_to(location.root).as_posix())
+    return sorted(found.items())
 
 
 def read_text(path: Path) -> str:
@@ -131,14 +122,14 @@ def iter_hf_documents(source: dict) -> Iterator[str]:
             yield text.strip()
 
 
-def iter_documents(corpus: dict, root: Path, *, fetch: bool = False) -> Iterator[str]:
+def iter_documents(corpus: dict, root: Path) -> Iterator[str]:
     """Every document of every source, in config order, capped by `max_documents`."""
     cap = corpus.get("max_documents")
     n = 0
     for source in corpus["sources"]:
         if source["type"] == "files":
             docs: Iterator[str] = (
-                d for f in expand_files(source, root, fetch=fetch) for d in split_documents(read_text(f.path), f.documents)
+                d for f in expand_files(source, root) for d in split_documents(read_text(f.path), f.documents)
             )
         else:
             docs = iter_hf_documents(source)

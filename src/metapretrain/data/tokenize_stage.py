@@ -22,12 +22,14 @@ from metapretrain.io import make_temp_dir, sha256_file, write_done, write_json
 from metapretrain.progress import Progress
 
 
-def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) -> dict:
-    """Run the stage for a tokenize config (`data`, `corpus`, `tokenizer` sections). Returns the manifest."""
+def tokenize(config: dict, out_dir: str | Path) -> dict:
+    """Run the stage for a tokenize config (`data`, `corpus`, `tokenizer` sections). Returns the manifest.
+
+    It never downloads (it may run on a compute node without internet): the DAG's first rule,
+    or `metapretrain data fetch`, has put the corpus in the download cache before.
+    """
     out_dir = Path(out_dir)
-    root = resolve_data_root(root=config["data"]["root"], cache_dir=config["data"]["cache_dir"])
-    if fetch is None:  # download only into the cache, i.e. when no configured root or local mirror exists
-        fetch = root == Path(config["data"]["cache_dir"]).expanduser().resolve()
+    root = resolve_data_root(config)
     corpus, tcfg = config["corpus"], config["tokenizer"]
     frac = corpus["validation_fraction"]
     started = time.monotonic()
@@ -36,7 +38,7 @@ def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) ->
     if tcfg["kind"] == "pretrained":
         tok = load_tokenizer(resolve(tcfg["path"], root))
     else:
-        train_docs = (d for d in iter_documents(corpus, root, fetch=fetch) if not is_validation(d, frac))
+        train_docs = (d for d in iter_documents(corpus, root) if not is_validation(d, frac))
         tok = train_bpe(train_docs, tcfg["vocab_size"], tcfg["min_frequency"])
     vocab = tok.get_vocab_size()
     dtype = shard_dtype(vocab)
@@ -51,7 +53,7 @@ def tokenize(config: dict, out_dir: str | Path, *, fetch: bool | None = None) ->
                        "val": ShardWriter(fval, tok, special["eos"], dtype)}
             n_docs = 0
             with Progress("tokenize", total=0, unit="docs", every_s=10) as bar:
-                for doc in iter_documents(corpus, root, fetch=False):
+                for doc in iter_documents(corpus, root):
                     writers["val" if is_validation(doc, frac) else "train"].add(doc)
                     n_docs += 1
                     if n_docs % 4096 == 0:

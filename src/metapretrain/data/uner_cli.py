@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON (one list of per-file records)")
     s.add_argument("--labels", nargs="+", default=list(DEFAULT_LABELS), help="entity types kept (others map to O)")
     s.add_argument("--invalid-transition", choices=["to_B", "error"], default="to_B")
-    d = sub.add_parser("download", help="fetch the official UNER v1 files (sha256-checked) into DIR")
+    d = sub.add_parser("download", help="fetch the official UNER v1 files (checksummed; from $METAPRETRAIN_DOWNLOAD_URL "
+                                        "when set) into DIR")
     d.add_argument("data_dir")
     d.add_argument("--treebank", action="append", help="only these treebanks (repeatable); default all")
     return p
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "download":
         from metapretrain.data.download import DownloadError, download_uner
+        from metapretrain.data.paths import download_base
 
         try:
-            for path in download_uner(args.data_dir, args.treebank):
+            for path in download_uner(args.data_dir, args.treebank, base=download_base()):
                 print(path)
         except (DownloadError, KeyError) as exc:
             print(f"metapretrain uner download: {exc}", file=sys.stderr)

@@ -66,7 +66,7 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     import torch
 
     from metapretrain.config import load_run_config
-    from metapretrain.data.paths import resolve, resolve_data_root
+    from metapretrain.data.paths import locate_data, resolve
     from metapretrain.data.tokenizer import load_tokenizer
     from metapretrain.data.uner import discover, read_file
     from metapretrain.finetune.data import WordEncoder, encode, label_names
@@ -91,12 +91,19 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     ft = cfg.finetune
     run_id, axes = _run_identity(run_dir_p)
 
-    root = resolve_data_root(cfg)
+    # The root the DAG's first rule checked (and, for the download cache, filled); never downloads here.
+    location = locate_data(cfg)
+    root = location.root
+    fill = ("; the download cache is filled by the DAG's first rule or `metapretrain data fetch <experiment.yaml>`"
+            if location.fetchable else "")
     uner_dir = resolve(ft.data_dir, root)
     # `finetune.extra_train` ({treebank: file}, e.g. the unofficial English-EWT train stand-in) is the only
     # way such a file is used; configs from before the key existed have none.
     extra = {tb: resolve(p, root) for tb, p in (getattr(ft, "extra_train", None) or {}).items()}
-    treebanks = discover(uner_dir, extra_train=extra)
+    try:
+        treebanks = discover(uner_dir, extra_train=extra)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}{fill}") from None
     with_train = [tb for tb, s in treebanks.items() if "train" in s]
     if train_set == "all":
         sources = with_train
@@ -104,7 +111,7 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
         sources = [train_set]
     else:
         raise ValueError(f"train set {train_set!r} has no train split in {uner_dir}; "
-                         f"available: {', '.join(with_train) or 'none'} or 'all'")
+                         f"available: {', '.join(with_train) or 'none'} or 'all'{fill}")
     if not sources:
         raise ValueError(f"{uner_dir}: no treebank has a train split")
 
