@@ -232,9 +232,8 @@ def config_changes(run, run_dir: Path) -> list[dict] | None:
     [{key, old, new}] (empty when only the hash differs, e.g. the data the run reads changed)."""
     import yaml
 
-    from metapretrain.grid import NON_IDENTITY_SECTIONS, flatten
-
     from metapretrain.config.values import load_yaml
+    from metapretrain.grid import NON_IDENTITY_SECTIONS, flatten
     from metapretrain.io import read_text
     from metapretrain.launch.jobs import read_run_info
 
