@@ -396,6 +396,11 @@ EXP = SimpleNamespace(runs=[SimpleNamespace(run_id=r["run_id"]) for r in yaml.sa
 def run_dir(run_id): return EXP_DIR + "/runs/" + run_id
 def dynamics_targets(): return [run_dir(r.run_id) + "/dynamics/done.json" for r in EXP.runs]
 def finetune_targets(): return ["finetune results exist"]
+FIGURES_DIR = EXP_DIR + "/figures"
+# common.smk's figure_group, which the real workflow defines beside the other rule helpers
+def figure_group(group, caption, category):
+    return report(directory(FIGURES_DIR + "/" + group), patterns=["{figure}.png"], caption="../report/" + caption,
+                  category=category, labels={"figure": "{figure}"})
 rule all:
     input: EXP_DIR + "/figures/index.json"
 include: "{rules}"

@@ -145,7 +145,11 @@ def _train(run_dir: Path, data_dir: Path, cfg, dist) -> dict:
         print(f"pretrain {run_id}: done: {summary['final_step']} steps, {summary['tokens']:,} tokens, "
               f"{summary['flops']:.3g} FLOPs, {summary['wall']:.1f}s, final val_loss "
               f"{summary['final_val_loss']:.4f} -> {pre}", flush=True)
-    return read_json(pre / "done.json")
+    record = read_json(pre / "done.json")
+    # Every rank has read done.json before any tears its process group down: a rank destroying gloo
+    # while another still used it was seen to abort ("terminate called without an active exception").
+    dist.barrier()
+    return record
 
 
 def export_checkpoints(run_dir: Path, mode: str, final: Path) -> list[Path]:
