@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from metapretrain.data.corpus import iter_documents
-from metapretrain.data.paths import resolve_data_root
+from metapretrain.data.location import resolve_data_root
 from metapretrain.data.shards import ShardWriter
 from metapretrain.data.tokenizer import special_token_ids, train_bpe
 

@@ -22,7 +22,7 @@ def _isolate_env(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    from metapretrain.data.paths import resolve_data_root
+    from metapretrain.data.location import resolve_data_root
 
     root = resolve_data_root()
     if not (root / "corpus").is_dir():

@@ -9,8 +9,9 @@ import pytest
 
 from conftest import write_run_dir
 from metapretrain.config.load import run_config_from_dict
+from metapretrain.config.overrides import deep_merge
 from metapretrain.cost import CHECKPOINT_OVERHEAD_BYTES, TOKENIZER_BYTES_PER_ENTRY, run_cost
-from metapretrain.grid import deep_merge, load_experiment
+from metapretrain.grid import load_experiment
 from metapretrain.grid_cli import main as grid_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -324,7 +324,7 @@ def test_two_task_submitit_job_trains_like_one_process(tokenized_dir, tmp_path, 
     StageJob; the ranks come from submitit's TorchDistributedEnvironment; rank 0 alone writes the outputs."""
     import submitit
 
-    from metapretrain.launch.job import StageJob
+    from metapretrain.launch.stage_job import StageJob
     from metapretrain.train.stage import train_run
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -35,7 +35,7 @@ import torch
 
 from conftest import write_run_dir
 from metapretrain import paths
-from metapretrain.grid import deep_merge
+from metapretrain.config.overrides import deep_merge
 from metapretrain.io import done_is_valid
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod

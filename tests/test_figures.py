@@ -393,10 +393,15 @@ import yaml
 EXP_DIR = "results/synth"
 EXPERIMENT_FILE = "exp.yaml"
 EXP = SimpleNamespace(runs=[SimpleNamespace(run_id=r["run_id"]) for r in yaml.safe_load(open(EXP_DIR + "/grid.yaml"))["runs"]])
+GRID_FILE = EXP_DIR + "/grid.yaml"
+NER_RESULTS = EXP_DIR + "/ner/results.csv"
 def run_dir(run_id): return EXP_DIR + "/runs/" + run_id
-def dynamics_targets(): return [run_dir(r.run_id) + "/dynamics/done.json" for r in EXP.runs]
-def finetune_targets(): return ["finetune results exist"]
+def done_targets(kind):
+    if kind == "finetune":
+        return ["finetune results exist"]
+    return [run_dir(r.run_id) + f"/{kind}/done.json" for r in EXP.runs]
 FIGURES_DIR = EXP_DIR + "/figures"
+from metapretrain import paths
 # common.smk's figure_group, which the real workflow defines beside the other rule helpers
 def figure_group(group, caption, category):
     return report(directory(FIGURES_DIR + "/" + group), patterns=["{figure}.png"], caption="../report/" + caption,

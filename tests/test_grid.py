@@ -200,7 +200,7 @@ def test_materialize_writes_resolved_config(tmp_path):
 
 
 def test_snakemake_config_entries_become_typed_overrides():
-    from metapretrain.grid import overrides_from_snakemake
+    from metapretrain.config.overrides import overrides_from_snakemake
 
     # Snakemake hands nested values over as strings.
     ov, name = overrides_from_snakemake({"train": {"lr": "0.001", "batch_size": "4"}, "launch": {"slurm": {"partition": "gpu"}},

@@ -15,10 +15,10 @@ import pytest
 from metapretrain import paths
 from metapretrain.config.errors import ConfigError
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.launch import jobs, probe, run, slurm
+from metapretrain.launch import job_records, probe_job, run, slurm
 from metapretrain.launch.run import _failure_text
 
-PROBE = "metapretrain.launch.probe:count"
+PROBE = "metapretrain.launch.probe_job:count"
 
 
 def cfg(launcher="debug", **slurm_settings):
@@ -98,19 +98,19 @@ def test_model_size_gets_its_own_resources_through_a_zip_group():
 def test_debug_launch_runs_in_process_and_records_the_job(tmp_path):
     assert run.run_stage("pretrain", tmp_path, cfg("debug"), PROBE,
                          {"state_file": str(tmp_path / "s.json"), "steps": 3, "step_s": 0}) == 0
-    assert json.loads((tmp_path / "s.json").read_text())["digest"] == probe.expected_digest(3)
-    rec = jobs.read_record(tmp_path, "pretrain")
+    assert json.loads((tmp_path / "s.json").read_text())["digest"] == probe_job.expected_digest(3)
+    rec = job_records.read_record(tmp_path, "pretrain")
     assert rec.launcher == "debug" and rec.state == "COMPLETED" and rec.job_name == f"{tmp_path.name}:pretrain"
     assert paths.log_file(tmp_path, "pretrain").read_text().startswith("===== pretrain attempt 1 | in-process")
 
 
 def test_local_launch_resumes_and_reports_failures_in_one_line(tmp_path, capfd):
     state = tmp_path / "s.json"
-    state.write_text(json.dumps({"step": 2, "digest": probe.expected_digest(2), "attempts": []}))
+    state.write_text(json.dumps({"step": 2, "digest": probe_job.expected_digest(2), "attempts": []}))
     assert run.run_stage("finetune/X~head", tmp_path, cfg("local"), PROBE,
                          {"state_file": str(state), "steps": 4, "step_s": 0}) == 0
     final = json.loads(state.read_text())
-    assert final["digest"] == probe.expected_digest(4) and final["attempts"][0]["start_step"] == 2
+    assert final["digest"] == probe_job.expected_digest(4) and final["attempts"][0]["start_step"] == 2
     log = paths.log_file(tmp_path, "finetune/X~head")
     assert log.parent.name == "finetune" and "local job" in log.read_text().splitlines()[0]
 
@@ -119,12 +119,12 @@ def test_local_launch_resumes_and_reports_failures_in_one_line(tmp_path, capfd):
                          {"state_file": str(state), "steps": 4, "step_s": 0}) == 1
     err = capfd.readouterr().err
     assert "failed: local job" in err and f"InputError: {state}:1:2: not valid JSON" in err and str(log) in err
-    assert jobs.read_record(tmp_path, "finetune/X~head").state == "FAILED"
+    assert job_records.read_record(tmp_path, "finetune/X~head").state == "FAILED"
 
 
 def test_bad_target_is_refused_before_launch(tmp_path):
     with pytest.raises(ValueError, match="package.module:function"):
-        run.run_stage("pretrain", tmp_path, cfg(), "metapretrain.launch.probe.count")
+        run.run_stage("pretrain", tmp_path, cfg(), "metapretrain.launch.probe_job.count")
     with pytest.raises(ValueError, match="not importable"):
         run.run_stage("pretrain", tmp_path, cfg(), "metapretrain.nope:count")
 
@@ -139,16 +139,16 @@ def test_failure_text_picks_the_exception_line():
 
 
 def test_unreadable_job_record_is_ignored_with_a_warning(tmp_path, capsys):
-    path = jobs.record_path(tmp_path, "pretrain")
+    path = job_records.record_path(tmp_path, "pretrain")
     path.parent.mkdir(parents=True)
     path.write_text("{broken")
-    assert jobs.read_record(tmp_path, "pretrain") is None
+    assert job_records.read_record(tmp_path, "pretrain") is None
     assert "ignoring unreadable job record" in capsys.readouterr().err
 
 
 def test_job_name_is_experiment_run_and_stage(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "method~fomaml", "experiment": "demo"}))
-    assert jobs.job_name(tmp_path, "pretrain") == "demo/method~fomaml:pretrain"
+    assert job_records.job_name(tmp_path, "pretrain") == "demo/method~fomaml:pretrain"
 
 
 def test_cancel_without_slurm_says_so(tmp_path, monkeypatch, capsys):
@@ -166,7 +166,7 @@ def test_slurm_profile_is_where_snakemake_looks_and_selects_slurm():
     """`snakemake --profile slurm` from the repo root reads ./slurm/config.yaml; it must switch the launcher."""
     import yaml
 
-    from metapretrain.grid import overrides_from_snakemake
+    from metapretrain.config.overrides import overrides_from_snakemake
 
     repo = Path(__file__).resolve().parents[1]
     profile = yaml.safe_load((repo / "slurm" / "config.yaml").read_text())
@@ -184,7 +184,7 @@ def test_slurm_launch_without_slurm_fails_in_one_line(tmp_path, monkeypatch, cap
     assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
     assert "launch.launcher is slurm, but sbatch and srun are not on PATH" in capfd.readouterr().err
     # with a job recorded by an earlier driver, the state query fails just as clearly
-    jobs.write_record(tmp_path, jobs.JobRecord(stage="pretrain", run_id="r", experiment=None, job_name="r:pretrain",
+    job_records.write_record(tmp_path, job_records.JobRecord(stage="pretrain", run_id="r", experiment=None, job_name="r:pretrain",
                                                launcher="slurm", job_id="7", folder=str(tmp_path), submitted_at=""))
     assert run.run_stage("pretrain", tmp_path, cfg("slurm"), PROBE, kwargs) == 1
     assert "pretrain of run" in (err := capfd.readouterr().err) and "'squeue' is not on PATH" in err

@@ -1,7 +1,7 @@
 """The launcher on a real SLURM cluster (scripts/local-slurm.sh): no mocks of SLURM or submitit.
 
 Skipped when no cluster answers, unless METAPRETRAIN_REQUIRE_SLURM=1 (CI),
-where a missing cluster is a failure. Jobs run `metapretrain.launch.probe:count`
+where a missing cluster is a failure. Jobs run `metapretrain.launch.probe_job:count`
 (a resumable counter) or the real pretrain stage, and always ask for a GPU
 (the local cluster has two fake ones), so `sacct` shows gres/gpu allocated.
 """
@@ -22,13 +22,13 @@ import yaml
 from conftest import require_slurm_cluster, shakespeare_experiment
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.launch import jobs, probe, run, slurm
+from metapretrain.launch import job_records, probe_job, run, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROBE = "metapretrain.launch.probe:count"
+PROBE = "metapretrain.launch.probe_job:count"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,7 +108,7 @@ def sacct(*args: str) -> list[dict]:
 
 def test_gpu_job_completes_with_gpu_allocated(tmp_path, capfd):
     assert count(tmp_path, launch_cfg(), steps=3, step_s=0.2) == 0
-    rec = jobs.read_record(tmp_path, "pretrain")
+    rec = job_records.read_record(tmp_path, "pretrain")
     assert rec.launcher == "slurm" and rec.state == "COMPLETED"
     [row] = sacct("-j", rec.job_id)
     assert row["State"] == "COMPLETED" and "gres/gpu=1" in row["AllocTRES"], row
@@ -116,7 +116,7 @@ def test_gpu_job_completes_with_gpu_allocated(tmp_path, capfd):
     name = slurm._run(["squeue", "-h", "-t", "all", "-j", rec.job_id, "-o", "%j"]).strip()
     assert name == f"{tmp_path.name}:pretrain"
     done = state(tmp_path)
-    assert done["step"] == 3 and done["digest"] == probe.expected_digest(3)
+    assert done["step"] == 3 and done["digest"] == probe_job.expected_digest(3)
     assert done["attempts"][0]["cuda_visible_devices"] not in (None, "")  # SLURM bound one (fake) GPU
     log = paths.log_file(tmp_path, "pretrain").read_text()
     assert log.splitlines()[0].startswith(f"===== pretrain attempt 1 | SLURM job {rec.job_id} (restart count 0)")
@@ -136,11 +136,11 @@ def test_time_limit_requeues_resumes_and_max_requeues_fails_clearly(tmp_path, ca
 
     assert out_ok["rc"] == 0, err
     final = state(ok)
-    assert final["step"] == steps and final["digest"] == probe.expected_digest(steps)
+    assert final["step"] == steps and final["digest"] == probe_job.expected_digest(steps)
     attempts = final["attempts"]
     assert len(attempts) >= 2 and attempts[1]["start_step"] > 0  # resumed, did not restart from zero
     assert [a["restart_count"] for a in attempts] == list(range(len(attempts)))
-    job_id = jobs.read_record(ok, "pretrain").job_id
+    job_id = job_records.read_record(ok, "pretrain").job_id
     assert {a["slurm_job_id"] for a in attempts} == {job_id}  # requeued under the same id
     assert [r["State"] for r in sacct("-j", job_id)] == ["COMPLETED"]
     log = paths.log_file(ok, "pretrain").read_text()
@@ -168,7 +168,7 @@ def test_reattach_after_driver_killed_then_scancel_fails_clearly_and_rerun_resum
     finally:
         driver.kill()
         driver.wait()
-    job_id = jobs.read_record(tmp_path, "pretrain").job_id
+    job_id = job_records.read_record(tmp_path, "pretrain").job_id
     assert slurm.job_state(job_id) in slurm.LIVE_STATES  # killing the driver left the job alone
 
     # A second driver reattaches to the live job instead of submitting a duplicate ...
@@ -189,9 +189,9 @@ def test_reattach_after_driver_killed_then_scancel_fails_clearly_and_rerun_resum
     # Rerunning submits a new job that resumes from the saved state.
     assert count(tmp_path, launch_cfg(), steps, 0.05) == 0
     final = state(tmp_path)
-    assert final["digest"] == probe.expected_digest(steps)
+    assert final["digest"] == probe_job.expected_digest(steps)
     assert final["attempts"][-1]["start_step"] >= stopped_at and final["attempts"][-1]["slurm_job_id"] != job_id
-    rec = jobs.read_record(tmp_path, "pretrain")
+    rec = job_records.read_record(tmp_path, "pretrain")
     assert rec.previous == [job_id] and rec.state == "COMPLETED"
 
 
@@ -215,8 +215,8 @@ def test_status_shows_queued_job_and_cancel_cli_cancels_live_jobs(tmp_path, monk
     t_held, out_held = in_thread(count, held, launch_cfg(extra={"hold": True}), 5)
     t_run, out_run = in_thread(count, running, launch_cfg(), 120)
     wait_until(lambda: state(running).get("step", 0) >= 1, 60, "the second job to run")
-    held_id = wait_until(lambda: (jobs.read_record(held, "pretrain") or None) and
-                         jobs.read_record(held, "pretrain").job_id, 30, "the held job's record")
+    held_id = wait_until(lambda: (job_records.read_record(held, "pretrain") or None) and
+                         job_records.read_record(held, "pretrain").job_id, 30, "the held job's record")
 
     rows = {r.run_id: r for r in collect(exp) if r.stage == "pretrain"}
     assert rows["seed~1"].state == "queued" and rows["seed~1"].job_id == held_id, rows["seed~1"]
@@ -305,7 +305,7 @@ def test_pretrain_preempted_on_slurm_matches_local_run(tmp_path, tokenized_dir, 
     cfg = yaml.safe_load(resolved.read_text())
     cfg["train"]["budget"]["value"] = steps
     atomic_write_text(resolved, yaml.safe_dump(cfg, sort_keys=True))
-    job_id = jobs.read_record(slurm_run, "pretrain").job_id
+    job_id = job_records.read_record(slurm_run, "pretrain").job_id
     slurm._run(["scancel", "--signal=USR2", job_id])
     thread.join(timeout=240)
     assert not thread.is_alive() and out["rc"] == 0, capfd.readouterr().err
@@ -361,7 +361,7 @@ def test_snakemake_profile_slurm_runs_grid_and_reattaches_after_ctrl_c(tmp_path,
                              start_new_session=True)
     try:
         def pretrain_jobs_running():
-            recs = [jobs.read_record(r, "pretrain") for r in runs]
+            recs = [job_records.read_record(r, "pretrain") for r in runs]
             return all(recs) and all(slurm.job_state(r.job_id) == "RUNNING" for r in recs) and recs
 
         recs = wait_until(pretrain_jobs_running, 180, "both pretrain jobs to run on SLURM")

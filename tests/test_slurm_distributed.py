@@ -19,7 +19,7 @@ import yaml
 
 from conftest import require_slurm_cluster, shakespeare_experiment
 from metapretrain import paths
-from metapretrain.launch import jobs, slurm
+from metapretrain.launch import job_records, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def test_two_task_ddp_job_through_the_profile_trains_like_one_process(tmp_path, 
     run_dir = exp_dir / "runs" / "method~ddp"
     assert json.loads((paths.pretrain_dir(run_dir) / "done.json").read_text())["final_step"] == 12
 
-    rec = jobs.read_record(run_dir, "pretrain")
+    rec = job_records.read_record(run_dir, "pretrain")
     assert rec.launcher == "slurm" and rec.state == "COMPLETED"
     rows = job_rows(rec.job_id)
     main = [r for r in rows if r["JobID"] == rec.job_id]

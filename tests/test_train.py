@@ -17,7 +17,7 @@ import torch
 from conftest import write_run_dir
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.grid import deep_merge
+from metapretrain.config.overrides import deep_merge
 from metapretrain.launch import preemption
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod

@@ -67,7 +67,7 @@ def test_experiment_file_resolves_1e_minus_3(tmp_path):
 def test_snakemake_strings_get_config_file_types():
     # What Snakemake's base loader hands over for `--config 'train={lr: 1e-3, x: [1, true]}'`.
     assert coerce_strings({"lr": "1e-3", "x": ["1", "true"], "n": 3}) == {"lr": 0.001, "x": [1, True], "n": 3}
-    from metapretrain.grid import overrides_from_snakemake
+    from metapretrain.config.overrides import overrides_from_snakemake
 
     over, name = overrides_from_snakemake({"train": {"lr": "1e-3", "budget": {"value": "1E6"}},
                                            "set": "meta.inner.lr=5e-3 seed=7 launch.slurm.partition=gpu",
@@ -78,7 +78,7 @@ def test_snakemake_strings_get_config_file_types():
 
 
 def test_bad_command_line_value_names_the_argument():
-    from metapretrain.grid_cli import parse_sets
+    from metapretrain.config.overrides import parse_sets
 
     assert parse_sets(["train.lr=1e-3", "seed=3"]) == {"train.lr": 0.001, "seed": 3}
     with pytest.raises(ConfigError, match=r"--set train.lr: '\[1,' is not a valid YAML value"):

@@ -16,37 +16,28 @@ import json
 import sys
 from pathlib import Path
 
-from metapretrain import paths
-from metapretrain.io import InputError, done_problem, read_json
+from metapretrain import paths, stages
+from metapretrain.io import InputError, done_problem
+from metapretrain.run_record import RunRecord, read_run_record
 
 
-def find_run_dirs(exp_name: str) -> dict[str, tuple[Path, dict | None]]:
+def find_run_dirs(exp_name: str) -> dict[str, tuple[Path, RunRecord | None]]:
     """{run id: (run directory, its run.json or None when unreadable)}; an unreadable one is warned
     about (file:line) and keyed by its directory."""
-    root = paths.experiment_dir(exp_name) / "runs"
+    root = paths.runs_dir(exp_name)
     out = {}
-    for rec in root.rglob("run.json") if root.exists() else []:
+    for path in paths.find_run_records(root) if root.exists() else []:
         try:
-            info = read_json(rec)
-            out[str(info["run_id"])] = (rec.parent, info)
-        except (InputError, KeyError, TypeError) as exc:
-            problem = str(exc) if isinstance(exc, InputError) else f"{rec}: no run_id"
+            record = read_run_record(path.parent)
+            problem = None if record.run_id is not None else f"{path}: no run_id"
+        except InputError as exc:
+            problem = str(exc)
+        if problem is None:
+            out[record.run_id] = (path.parent, record)
+        else:
             print(f"metapretrain doctor: warning: {problem}; its recorded hash is unknown", file=sys.stderr)
-            out[str(rec.parent.relative_to(root))] = (rec.parent, None)
+            out[str(path.parent.relative_to(root))] = (path.parent, None)
     return out
-
-
-def stage_dir(exp_name: str, run, stage: str) -> Path:
-    """The directory holding a stage's done.json, for the stage names `metapretrain status` uses."""
-    rd = paths.run_dir(exp_name, run.run_id)
-    if stage == "tokenize":
-        return paths.tokenize_dir(exp_name, run.tok_id)
-    if stage == "pretrain":
-        return paths.pretrain_dir(rd)
-    if stage == "dynamics":
-        return paths.dynamics_dir(rd)
-    train_set, _, regime = stage.removeprefix("finetune:").rpartition("~")
-    return paths.finetune_dir(rd, train_set, regime)
 
 
 def diagnose(exp) -> dict[str, list[dict]]:
@@ -55,11 +46,12 @@ def diagnose(exp) -> dict[str, list[dict]]:
     on_disk = find_run_dirs(exp.name)
     report: dict[str, list[dict]] = {"incomplete": [], "changed": [], "orphaned": []}
     grid = {r.run_id: r for r in exp.runs}
+    directories = {(r.run_id, s.name): s.directory for r in exp.runs for s in stages.of_run(exp.name, r)}
     for row in collect(exp):
         if row.state not in ("done", "changed"):  # changed runs are listed below
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": row.state, "log": row.log})
             continue
-        problem = done_problem(stage_dir(exp.name, grid[row.run_id], row.stage))
+        problem = done_problem(directories[row.run_id, row.stage])
         if problem:
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": "damaged",
                                          "log": row.log, "detail": problem})
@@ -67,7 +59,7 @@ def diagnose(exp) -> dict[str, list[dict]]:
         if run_id not in grid:
             report["orphaned"].append({"run_id": run_id, "path": str(directory)})
             continue
-        recorded = (info or {}).get("hash")
+        recorded = info.hash if info else None
         if recorded != grid[run_id].hash:
             report["changed"].append({"run_id": run_id, "path": str(directory), "recorded_hash": recorded,
                                       "current_hash": grid[run_id].hash})

@@ -6,7 +6,6 @@ YAML keys never changes an id: `method~fomaml/model.preset~micro/seed~42`.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -18,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from metapretrain.config.errors import ConfigError, suggest
-from metapretrain.config.schema import experiment_schema, fill_defaults, known_keys, run_schema, subschema, validate
+from metapretrain.config.overrides import apply_overrides, check_dotted_key, deep_merge, nest
+from metapretrain.config.schema import experiment_schema, fill_defaults, run_schema, subschema, validate
 from metapretrain.config.types import RunConfig
-from metapretrain.config.values import coerce_strings
 from metapretrain.config.yamlpos import PositionedYAML
 from metapretrain.data.errors import DataError
 from metapretrain.data.identity import ContentIndex, corpus_identity
@@ -106,63 +105,6 @@ def format_value(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
 
 
-def nest(overrides: dict) -> dict:
-    """{'train.lr': 1, 'meta': {'learner': 'x'}} -> {'train': {'lr': 1}, 'meta': {'learner': 'x'}}."""
-    out: dict = {}
-    for key, value in (overrides or {}).items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"'{key}' sets a key inside a non-mapping value")
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]] = deep_merge(node[parts[-1]], nest(value))
-        else:
-            node[parts[-1]] = nest(value) if isinstance(value, dict) and _nested_keys(value) else copy.deepcopy(value)
-    return out
-
-
-def _nested_keys(value: dict) -> bool:
-    return any("." in str(k) for k in value) or any(isinstance(v, dict) for v in value.values())
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
-    """Nested config dict -> {"a.b.c": value}; empty dicts stay values."""
-    out: dict[str, object] = {}
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _check_dotted_key(key: str, *, file, line) -> None:
-    parts = tuple(key.split("."))
-    for i in range(len(parts)):
-        if subschema(parts[: i + 1]) is None:
-            allowed = known_keys(parts[:i])
-            parent = ".".join(parts[:i]) or "top level"
-            # Keys inside free-form mappings (launch.slurm.extra, ...stages) are not in the schema.
-            parent_schema = subschema(parts[:i])
-            if parent_schema is not None and parent_schema.get("type") == "object" and "properties" not in parent_schema:
-                return
-            raise ConfigError(f"unknown key '{parts[i]}' in {parent}{suggest(parts[i], allowed)}; allowed keys: {', '.join(allowed)}",
-                              file=file, key=key, line=line)
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -201,10 +143,7 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
 
     defaults = data["defaults"] or {}
     validate(defaults, run_schema(), file=file, lines=lines, prefix=("defaults",))
-    for key, value in cli.items():
-        _check_dotted_key(key, file="--config", line=None)
-        validate(value, subschema(tuple(key.split("."))) or {}, file="--config", prefix=tuple(key.split(".")))
-    base = deep_merge(defaults, nest(cli))
+    base = apply_overrides(defaults, cli)
 
     axes = _parse_axes(data["grid"], data["zip"], file, lines)
     points = [dict(p) for p in itertools.product(*[[(name, v) for v in values] for name, values in axes.items()])]
@@ -250,7 +189,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
     for name, spec in grid.items():
         name = str(name)
         if isinstance(spec, list):  # dotted key axis
-            _check_dotted_key(name, file=file, line=lines(("grid", name)))
+            check_dotted_key(name, file=file, line=lines(("grid", name)))
             sch = subschema(tuple(name.split("."))) or {}
             values = []
             for i, v in enumerate(spec):
@@ -267,7 +206,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
             for label, bundle in spec.items():
                 overrides = nest(bundle or {})
                 for key in _flat_keys(bundle or {}):
-                    _check_dotted_key(key, file=file, line=lines(("grid", name, label, key)) or lines(("grid", name, label)))
+                    check_dotted_key(key, file=file, line=lines(("grid", name, label, key)) or lines(("grid", name, label)))
                 validate(overrides, run_schema(), file=file,
                          lines=lambda p, label=label, name=name: lines(("grid", name, label) + tuple(p)), prefix=())
                 values.append((format_value(label), overrides))
@@ -283,7 +222,7 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
                               file=file, key=f"zip.{name}", line=lines(("zip", name)))
         keys = list(group)
         for key in keys:
-            _check_dotted_key(key, file=file, line=lines(("zip", name, key)))
+            check_dotted_key(key, file=file, line=lines(("zip", name, key)))
             sch = subschema(tuple(key.split("."))) or {}
             for i, v in enumerate(group[key]):
                 validate(v, sch, file=file, lines=lambda p, key=key, i=i, name=name: lines(("zip", name, key, i)),
@@ -349,7 +288,7 @@ def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
             label = _label_of(axes, name, value, file, lines(("include", i, name)), f"include[{i}].{name}")
             point[name] = next(v for v in axes[name] if v[0] == label)
         else:  # a dotted key (possibly a value outside its axis): a plain override of this one run
-            _check_dotted_key(name, file=file, line=lines(("include", i, name)))
+            check_dotted_key(name, file=file, line=lines(("include", i, name)))
             validate(value, subschema(tuple(name.split("."))) or {}, file=file,
                      lines=lambda p, name=name: lines(("include", i, name)), prefix=tuple(name.split(".")))
             extra[name] = value
@@ -373,47 +312,3 @@ def _make_run(point: dict, axes, base: dict, file, lines, index: ContentIndex, s
     check(resolved, file=file, run_id=run_id, lines=lines)
     return Run(run_id=run_id, axes=labels, config=resolved, hash=run_hash(resolved, index), source=source,
                tok_id=tokenize_id(resolved, index))
-
-
-# --------------------------------------------------------------------------- Snakemake --config
-
-
-def _coerce(value: Any, where: str) -> Any:
-    """Snakemake hands nested `--config` values (and `set=` items) over as strings: read them as a config file would."""
-    return coerce_strings(value, where=f"--config {where}")
-
-
-def overrides_from_snakemake(entries: dict) -> tuple[dict, str | None]:
-    """Snakemake `--config` entries -> (dotted overrides of `defaults`, experiment name or None).
-
-    Snakemake allows only identifier keys, so a key path is given either as
-    a section mapping (`--config 'train={lr: 1.0e-3}'`) or through `set`
-    (`--config set="train.lr=1e-3 launch.slurm.partition=gpu"`).
-    """
-    overrides: dict = {}
-    name = None
-    sections = set(run_schema()["properties"])
-    for key, value in entries.items():
-        if key == "experiment":
-            name = str(value)
-        elif key == "set":
-            for item in str(value).split():
-                if "=" not in item:
-                    raise ConfigError(f"--config set= expects space-separated key.path=value items, got '{item}'")
-                k, v = item.split("=", 1)
-                overrides[k] = _coerce(v, f"set={k}")
-        elif key in sections:
-            def flatten(prefix, v):
-                if isinstance(v, dict):
-                    for k2, v2 in v.items():
-                        yield from flatten(f"{prefix}.{k2}", v2)
-                else:
-                    yield prefix, _coerce(v, prefix)
-
-            overrides.update(dict(flatten(key, value)))
-        elif "." in key:
-            overrides[key] = _coerce(value, key)
-        else:
-            raise ConfigError(f"unknown --config key '{key}'{suggest(key, sections | {'set', 'experiment'})}; use a "
-                              "run section (train, model, launch, ...), set=\"a.b=v ...\" or experiment=NAME", file="--config")
-    return overrides, name

@@ -9,32 +9,20 @@ from pathlib import Path
 
 import yaml
 
-from metapretrain.config.errors import ConfigError
-from metapretrain.config.values import parse_value
+from metapretrain import paths
+from metapretrain.config.overrides import parse_sets
 from metapretrain.grid import Experiment, Run, load_experiment
-from metapretrain.io import atomic_write_text, write_json
-from metapretrain.paths import run_dir as run_dir_path
-
-
-def parse_sets(items: list[str] | None) -> dict:
-    """['train.lr=1e-3', ...] -> {'train.lr': 0.001}; values read as in a config file (config.values)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value, where=f"--set {key.strip()}")
-    return out
+from metapretrain.io import atomic_write_text
+from metapretrain.run_record import write_run_record
 
 
 def write_run_files(exp_name: str, run: Run, directory: str | Path | None = None) -> Path:
     """Write `config.resolved.yaml` and `run.json` for a run (atomically); returns the run directory."""
     from metapretrain.config.load import dump_yaml
 
-    directory = Path(directory) if directory else run_dir_path(exp_name, run.run_id)
-    atomic_write_text(directory / "config.resolved.yaml", dump_yaml(run.config))
-    write_json(directory / "run.json", {"run_id": run.run_id, "hash": run.hash, "axes": run.axes,
-                                        "experiment": exp_name, "source": run.source, "tok_id": run.tok_id})
+    directory = Path(directory) if directory else paths.run_dir(exp_name, run.run_id)
+    atomic_write_text(paths.resolved_config(directory), dump_yaml(run.config))
+    write_run_record(directory, run, exp_name)
     return directory
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metapretrain.paths import done_file
+
 
 class InputError(ValueError):
     """A file a command reads cannot be read, decoded or parsed. `str()` reads `file:line[:col]: problem`."""
@@ -193,10 +195,10 @@ def write_done(directory: str | Path, stage: str, run_id: str | None, outputs: l
     record = {"stage": stage, "run_id": run_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "code_version": code_version(), "outputs": sums}
     torch = sys.modules.get("torch")
-    if torch is not None:  # what the stage computed with (launch.threads or cpus_per_task, set by launch/job.py)
+    if torch is not None:  # what the stage computed with (launch.threads or cpus_per_task, set by launch/stage_job.py)
         record["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
     record |= extra or {}
-    path = directory / "done.json"
+    path = done_file(directory)
     write_json(path, record)
     return path
 
@@ -208,7 +210,7 @@ def done_problem(directory: str | Path, stage: str | None = None) -> str | None:
     exist with the sha256 recorded when the stage finished.
     """
     directory = Path(directory)
-    done = directory / "done.json"
+    done = done_file(directory)
     if not done.is_file():
         return f"{done}: missing"
     try:

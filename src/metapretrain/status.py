@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from metapretrain import paths
+from metapretrain import paths, stages
 from metapretrain.io import InputError, decode_text, parse_json, read_json
 
 SLURM_TIMEOUT_S = 5.0
@@ -45,9 +45,8 @@ class Row:
     changes: list[dict] = field(default_factory=list)  # {key, old, new}: the run's recorded config vs the grid's
 
 
-def read_job_record(directory: Path, stage_log_name: str) -> dict | None:
-    """The launcher's record of the latest job of a stage (`logs/<name>.job.json`), if any."""
-    path = directory / "logs" / f"{stage_log_name}.job.json"
+def read_job_record(path: Path) -> dict | None:
+    """The launcher's record of the latest job of a stage (`Stage.job_record`), if any."""
     try:
         record = read_json(path)
     except FileNotFoundError:
@@ -171,10 +170,10 @@ def _pid_alive(record: dict) -> bool:
     return True
 
 
-def stage_row(run_id: str, stage: str, directory: Path, log: Path, record: dict | None, slurm: SlurmQuery,
-              outputs_exist: bool) -> Row:
-    row = Row(run_id=run_id, stage=stage, state="planned", log=str(log) if log.exists() else None)
-    if (directory / "done.json").exists():
+def stage_row(run_id: str, stage: stages.Stage, record: dict | None, slurm: SlurmQuery, outputs_exist: bool) -> Row:
+    log = stage.log
+    row = Row(run_id=run_id, stage=stage.name, state="planned", log=str(log) if log.exists() else None)
+    if stage.done.exists():
         row.state = "done"
         return row
     if record:
@@ -232,13 +231,15 @@ def config_changes(run, run_dir: Path) -> list[dict] | None:
     [{key, old, new}] (empty when only the hash differs, e.g. the data the run reads changed)."""
     import yaml
 
+    from metapretrain.config.overrides import flatten
     from metapretrain.config.values import load_yaml
-    from metapretrain.grid import NON_IDENTITY_SECTIONS, flatten
+    from metapretrain.grid import NON_IDENTITY_SECTIONS
     from metapretrain.io import read_text
-    from metapretrain.launch.jobs import read_run_info
+    from metapretrain.run_record import read_run_record
 
     try:
-        recorded = (read_run_info(run_dir) or {}).get("hash")
+        record = read_run_record(run_dir)
+        recorded = record.hash if record else None
     except (OSError, ValueError):  # an unreadable run.json is reported by the stages that need it
         return None
     if recorded is None or recorded == run.hash:
@@ -286,36 +287,21 @@ def _mark_changed(rows: list[Row], changes: list[dict] | None) -> None:
 def collect(exp, runs_glob: str | None = None) -> list[Row]:
     slurm = SlurmQuery()
     rows: list[Row] = []
-    exp_dir = paths.experiment_dir(exp.name)
     for run in exp.runs:
         if runs_glob and not fnmatch.fnmatch(run.run_id, runs_glob):
             continue
         rd = paths.run_dir(exp.name, run.run_id)
-        tok = paths.tokenize_dir(exp.name, run.tok_id)
         first = len(rows) + 1  # the run's stages after its tokenize row
         # Tokenize rows are never `changed`: the directory is named by the hash of what tokenization reads,
         # so an edit of those keys names another directory (planned), and other edits leave it valid.
-        rows.append(stage_row(run.run_id, "tokenize", tok, exp_dir / "logs" / "tokenize" / f"{run.tok_id}.log",
-                              None, slurm, tok.exists()))
-        pre = paths.pretrain_dir(rd)
-        row = stage_row(run.run_id, "pretrain", pre, paths.log_file(rd, "pretrain"), read_job_record(rd, "pretrain"),
-                        slurm, paths.metrics_file(rd).exists())
-        if row.state in ("running", "stale", "failed"):
-            row.progress, text = _pretrain_progress(rd, run.config)
-            row.detail = "; ".join(x for x in (text, row.detail) if x)
-        rows.append(row)
-        ft = run.config["finetune"]
-        if ft["enabled"]:
-            for ts in ft["train_sets"]:
-                for regime in ft["regimes"]:
-                    name = f"{ts}~{regime}"
-                    d = paths.finetune_dir(rd, ts, regime)
-                    rows.append(stage_row(run.run_id, f"finetune:{name}", d, rd / "logs" / "finetune" / f"{name}.log",
-                                          read_job_record(rd, f"finetune/{name}"), slurm, d.exists()))
-        if run.config["dynamics"]["enabled"]:
-            d = paths.dynamics_dir(rd)
-            rows.append(stage_row(run.run_id, "dynamics", d, paths.log_file(rd, "dynamics"),
-                                  read_job_record(rd, "dynamics"), slurm, d.exists()))
+        for stage in stages.of_run(exp.name, run):
+            record = read_job_record(stage.job_record) if stage.kind in stages.LAUNCHED else None
+            started = paths.metrics_file(rd).exists() if stage.kind == "pretrain" else stage.directory.exists()
+            row = stage_row(run.run_id, stage, record, slurm, started)
+            if stage.kind == "pretrain" and row.state in ("running", "stale", "failed"):
+                row.progress, text = _pretrain_progress(rd, run.config)
+                row.detail = "; ".join(x for x in (text, row.detail) if x)
+            rows.append(row)
         _mark_changed(rows[first:], config_changes(run, rd))
     return rows
 
@@ -361,8 +347,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-d", "--directory", default=".", metavar="DIR",
                         help="Snakemake's working directory, for its lock (default: the current directory)")
     args = parser.parse_args(argv)
+    from metapretrain.config.overrides import parse_sets
     from metapretrain.grid import load_experiment
-    from metapretrain.grid_cli import parse_sets
 
     exp = load_experiment(args.config, overrides=parse_sets(args.set))
     rows = collect(exp, args.runs)

@@ -9,9 +9,10 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from metapretrain import paths
+from metapretrain import paths, stages
+from metapretrain.config.overrides import overrides_from_snakemake
 from metapretrain.config.yamlpos import PositionedYAML
-from metapretrain.grid import load_experiment, overrides_from_snakemake
+from metapretrain.grid import load_experiment
 from metapretrain.grid_cli import write_grid_file, write_run_files, write_tokenize_config
 
 # Rules call the `metapretrain` CLI of the environment Snakemake runs in, even when that
@@ -32,7 +33,18 @@ RESULTS = str(paths.results_root())
 EXP_DIR = str(paths.experiment_dir(EXP.name))
 RUNS = {r.run_id: r for r in EXP.runs}
 TOKS = EXP.tokenize_configs()
-FIGURES_DIR = f"{EXP_DIR}/figures"
+FIGURES_DIR = str(paths.figures_dir(EXP.name))
+NER_RESULTS = str(paths.ner_dir(EXP.name) / "results.csv")
+GRID_FILE = str(paths.grid_file(EXP.name))
+# Every stage instance of every run (metapretrain.stages), and the same stages as wildcard patterns
+# for the rules: a rule's output, log and benchmark are its stage's files.
+STAGES = [s for r in EXP.runs for s in stages.of_run(EXP.name, r)]
+RUN_PATTERN = paths.run_dir(EXP.name, "{run}")
+TOKENIZE = stages.tokenize(EXP.name, "{tok}")
+PRETRAIN = stages.pretrain(RUN_PATTERN)
+FINETUNE = stages.finetune(RUN_PATTERN, "{train_set}", "{regime}")
+DYNAMICS = stages.dynamics(RUN_PATTERN)
+RUN_CONFIG = str(paths.resolved_config(RUN_PATTERN))
 
 
 def run_dir(run_id):
@@ -45,7 +57,7 @@ def tok_dir(tok_id):
 
 def data_marker(part, name):
     """What the data rule (data.smk) leaves once the data of a tokenize id / train set is in place."""
-    return ancient(f"{EXP_DIR}/data/{part}/{name}.json")
+    return ancient(str(paths.data_marker(EXP.name, part, name)))
 
 
 # A run id is `key~value` parts joined by slashes (or `base`); stage directories never contain
@@ -57,27 +69,16 @@ wildcard_constraints:
     train_set="[A-Za-z0-9_.-]+",
 
 
-def finetune_jobs(run):
-    ft = run.config["finetune"]
-    if not ft["enabled"]:
-        return []
-    return [(ts, reg) for ts in ft["train_sets"] for reg in ft["regimes"]]
-
-
-def finetune_targets():
-    return [f"{run_dir(r.run_id)}/finetune/{ts}~{reg}/done.json" for r in EXP.runs for ts, reg in finetune_jobs(r)]
-
-
-def dynamics_targets():
-    return [f"{run_dir(r.run_id)}/dynamics/done.json" for r in EXP.runs if r.config["dynamics"]["enabled"]]
+def done_targets(kind):
+    """The done markers of every stage instance of this kind, run by run."""
+    return [str(s.done) for s in STAGES if s.kind == kind]
 
 
 def all_targets():
-    targets = [f"{run_dir(r.run_id)}/pretrain/done.json" for r in EXP.runs]
-    targets += finetune_targets() + dynamics_targets()
-    if finetune_targets():
-        targets.append(f"{EXP_DIR}/ner/results.csv")
-    targets.append(f"{EXP_DIR}/figures/index.json")
+    targets = done_targets("pretrain") + done_targets("finetune") + done_targets("dynamics")
+    if done_targets("finetune"):
+        targets.append(NER_RESULTS)
+    targets.append(f"{FIGURES_DIR}/index.json")
     return targets
 
 

@@ -8,11 +8,11 @@
 # re-run this job and then skip every job downstream of it for that invocation.)
 rule data:
     output:
-        f"{EXP_DIR}/data/{{part}}/{{name}}.json",
+        str(paths.data_marker(EXP.name, "{part}", "{name}")),
     log:
-        f"{EXP_DIR}/logs/data/{{part}}/{{name}}.log",
+        str(paths.log_file(EXP_DIR, "data/{part}/{name}")),
     benchmark:
-        f"{EXP_DIR}/benchmarks/data/{{part}}/{{name}}.tsv"
+        str(paths.benchmark_file(EXP_DIR, "data/{part}/{name}"))
     wildcard_constraints:
         part="tokenize|train-set",
         name="[A-Za-z0-9_.-]+",

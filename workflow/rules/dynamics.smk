@@ -1,12 +1,12 @@
 rule dynamics:
     input:
-        f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+        str(PRETRAIN.done),
     output:
-        f"{EXP_DIR}/runs/{{run}}/dynamics/done.json",
+        str(DYNAMICS.done),
     log:
-        f"{EXP_DIR}/runs/{{run}}/logs/dynamics.log",
+        str(DYNAMICS.log),
     benchmark:
-        f"{EXP_DIR}/runs/{{run}}/benchmarks/dynamics.tsv"
+        str(DYNAMICS.benchmark)
     threads: lambda w: stage_threads(w.run, "dynamics")
     params:
         run_dir=lambda w: run_dir(w.run),

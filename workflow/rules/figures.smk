@@ -6,10 +6,10 @@ report: "../report/workflow.rst"
 
 rule figures:
     input:
-        grid=f"{EXP_DIR}/grid.yaml",
-        pretrain=[f"{run_dir(r.run_id)}/pretrain/done.json" for r in EXP.runs],
-        dynamics=dynamics_targets(),
-        ner=[f"{EXP_DIR}/ner/results.csv"] if finetune_targets() else [],
+        grid=GRID_FILE,
+        pretrain=done_targets("pretrain"),
+        dynamics=done_targets("dynamics"),
+        ner=[NER_RESULTS] if done_targets("finetune") else [],
     output:
         index=f"{FIGURES_DIR}/index.json",
         loss=figure_group("loss", "loss.rst", "1. Pretraining loss"),
@@ -19,9 +19,9 @@ rule figures:
         tables=report(directory(f"{FIGURES_DIR}/tables"), patterns=["{table}.html"], caption="../report/tables.rst",
                       category="5. Tables", labels={"table": "{table}"}),
     log:
-        f"{EXP_DIR}/logs/figures.log",
+        str(paths.log_file(EXP_DIR, "figures")),
     benchmark:
-        f"{EXP_DIR}/benchmarks/figures.tsv"
+        str(paths.benchmark_file(EXP_DIR, "figures"))
     params:
         exp_dir=lambda w: EXP_DIR,
         experiment_file=EXPERIMENT_FILE,

@@ -1,13 +1,13 @@
 rule finetune:
     input:
-        pretrain=f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+        pretrain=str(PRETRAIN.done),
         data=lambda w: data_marker("train-set", w.train_set),
     output:
-        f"{EXP_DIR}/runs/{{run}}/finetune/{{train_set}}~{{regime}}/done.json",
+        str(FINETUNE.done),
     log:
-        f"{EXP_DIR}/runs/{{run}}/logs/finetune/{{train_set}}~{{regime}}.log",
+        str(FINETUNE.log),
     benchmark:
-        f"{EXP_DIR}/runs/{{run}}/benchmarks/finetune/{{train_set}}~{{regime}}.tsv"
+        str(FINETUNE.benchmark)
     threads: lambda w: stage_threads(w.run, "finetune")
     params:
         run_dir=lambda w: run_dir(w.run),
@@ -19,14 +19,14 @@ rule finetune:
 
 rule ner_table:
     input:
-        finetune_targets(),
+        done_targets("finetune"),
     output:
-        csv=f"{EXP_DIR}/ner/results.csv",
-        md=f"{EXP_DIR}/ner/table.md",
+        csv=NER_RESULTS,
+        md=str(paths.ner_dir(EXP.name) / "table.md"),
     log:
-        f"{EXP_DIR}/logs/ner_table.log",
+        str(paths.log_file(EXP_DIR, "ner_table")),
     benchmark:
-        f"{EXP_DIR}/benchmarks/ner_table.tsv"
+        str(paths.benchmark_file(EXP_DIR, "ner_table"))
     params:
         exp_dir=lambda w: EXP_DIR,
     localrule: True

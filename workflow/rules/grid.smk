@@ -2,9 +2,9 @@
 # grid.yaml, each run's config.resolved.yaml + run.json, each tokenize config.
 rule grid:
     output:
-        f"{EXP_DIR}/grid.yaml",
+        GRID_FILE,
     log:
-        f"{EXP_DIR}/logs/grid.log",
+        str(paths.log_file(EXP_DIR, "grid")),
     params:
         runs=lambda w: {r.run_id: r.hash for r in EXP.runs},
     localrule: True
@@ -15,9 +15,9 @@ rule grid:
 
 rule run_config:
     output:
-        f"{EXP_DIR}/runs/{{run}}/config.resolved.yaml",
+        RUN_CONFIG,
     log:
-        f"{EXP_DIR}/runs/{{run}}/logs/run_config.log",
+        str(paths.log_file(RUN_PATTERN, "run_config")),
     params:
         hash=lambda w: RUNS[w.run].hash,
     localrule: True
@@ -28,9 +28,9 @@ rule run_config:
 
 rule tokenize_config:
     output:
-        f"{EXP_DIR}/tokenize/{{tok}}.yaml",
+        str(paths.tokenize_config(EXP.name, "{tok}")),
     log:
-        f"{EXP_DIR}/logs/tokenize_config/{{tok}}.log",
+        str(paths.log_file(EXP_DIR, "tokenize_config/{tok}")),
     params:
         # Not the data section: where the data lives is not what a tokenization is (its id has the content).
         cfg=lambda w: {k: v for k, v in TOKS[w.tok].items() if k != "data"},

@@ -2,14 +2,14 @@
 # re-running a job, and checkpoints/metrics must survive for the run to resume.
 rule pretrain:
     input:
-        cfg=f"{EXP_DIR}/runs/{{run}}/config.resolved.yaml",
-        tok=lambda w: f"{tok_dir(RUNS[w.run].tok_id)}/done.json",
+        cfg=RUN_CONFIG,
+        tok=lambda w: str(stages.tokenize(EXP.name, RUNS[w.run].tok_id).done),
     output:
-        f"{EXP_DIR}/runs/{{run}}/pretrain/done.json",
+        str(PRETRAIN.done),
     log:
-        f"{EXP_DIR}/runs/{{run}}/logs/pretrain.log",
+        str(PRETRAIN.log),
     benchmark:
-        f"{EXP_DIR}/runs/{{run}}/benchmarks/pretrain.tsv"
+        str(PRETRAIN.benchmark)
     threads: lambda w: stage_threads(w.run, "pretrain")
     params:
         run_dir=lambda w: run_dir(w.run),

@@ -1,13 +1,13 @@
 rule tokenize:
     input:
-        cfg=f"{EXP_DIR}/tokenize/{{tok}}.yaml",
+        cfg=str(paths.tokenize_config(EXP.name, "{tok}")),
         data=lambda w: data_marker("tokenize", w.tok),
     output:
-        done=f"{EXP_DIR}/tokenize/{{tok}}/done.json",
+        done=str(TOKENIZE.done),
     log:
-        f"{EXP_DIR}/logs/tokenize/{{tok}}.log",
+        str(TOKENIZE.log),
     benchmark:
-        f"{EXP_DIR}/benchmarks/tokenize/{{tok}}.tsv"
+        str(TOKENIZE.benchmark)
     params:
         out=lambda w: tok_dir(w.tok),
     localrule: True

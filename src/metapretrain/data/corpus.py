@@ -17,7 +17,7 @@ from pathlib import Path
 
 from metapretrain.data import catalogue
 from metapretrain.data.catalogue import Entry
-from metapretrain.data.paths import DataLocation, resolve
+from metapretrain.data.location import DataLocation, resolve
 from metapretrain.io import InputError, decode_text
 
 

@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _experiment(args):
     from metapretrain.config.errors import ConfigError
+    from metapretrain.config.overrides import parse_sets
     from metapretrain.grid import load_experiment
-    from metapretrain.grid_cli import parse_sets
 
     overrides = parse_sets(args.set)
     if args.overrides:

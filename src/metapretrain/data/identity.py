@@ -24,7 +24,7 @@ from pathlib import Path
 from metapretrain.data.catalogue import Derived, Entry
 from metapretrain.data.corpus import expand_pattern
 from metapretrain.data.errors import DataError
-from metapretrain.data.paths import DataLocation, locate_data
+from metapretrain.data.location import DataLocation, locate_data
 from metapretrain.io import atomic_write_text, sha256_file
 
 PERSIST_MIN_BYTES = 64 << 20

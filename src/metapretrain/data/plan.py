@@ -32,7 +32,7 @@ from metapretrain.data import catalogue
 from metapretrain.data.catalogue import Derived, Entry, Remote
 from metapretrain.data.errors import DataError
 from metapretrain.data.identity import derived_record, file_sha256, source_files
-from metapretrain.data.paths import DATA_ENV, DataLocation, download_base, locate_data, resolve
+from metapretrain.data.location import DATA_ENV, DataLocation, download_base, locate_data, resolve
 
 LOCK_FILE = ".fetch.lock"
 

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from metapretrain import paths
 from metapretrain.data.corpus import CorpusError, is_validation, iter_documents, source_files
-from metapretrain.data.paths import resolve, resolve_data_root
+from metapretrain.data.location import resolve, resolve_data_root
 from metapretrain.data.shards import MANIFEST, ShardWriter, shard_dtype
 from metapretrain.data.tokenizer import load_tokenizer, special_token_ids, train_bpe
 from metapretrain.io import make_temp_dir, sha256_file, write_done, write_json
@@ -46,7 +47,8 @@ def tokenize(config: dict, out_dir: str | Path) -> dict:
 
     tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
-        tok.save(str(tmp / "tokenizer.json"))
+        tokenizer = paths.tokenizer_file(tmp)
+        tok.save(str(tokenizer))
         # Pass 2: encode every document into its split, in corpus order.
         with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
             writers = {"train": ShardWriter(ftrain, tok, special["eos"], dtype),
@@ -72,7 +74,7 @@ def tokenize(config: dict, out_dir: str | Path) -> dict:
             "dtype": dtype.name,
             "vocab_size": vocab,
             "special_tokens": special,
-            "tokenizer_sha256": sha256_file(tmp / "tokenizer.json"),
+            "tokenizer_sha256": sha256_file(tokenizer),
             "splits": {
                 split: {"file": f"{split}.bin", "tokens": w.tokens, "documents": w.documents,
                         "sha256": sha256_file(tmp / f"{split}.bin")}
@@ -83,7 +85,7 @@ def tokenize(config: dict, out_dir: str | Path) -> dict:
         }
         write_json(tmp / MANIFEST, manifest)
         (tmp / "tokenize.yaml").write_text(json.dumps(config, indent=2, sort_keys=True))
-        write_done(tmp, "tokenize", None, ["tokenizer.json", "train.bin", "val.bin", MANIFEST],
+        write_done(tmp, "tokenize", None, [tokenizer.name, "train.bin", "val.bin", MANIFEST],
                    extra={"seconds": round(time.monotonic() - started, 2)})
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "download":
         from metapretrain.data.download import DownloadError, download_uner
-        from metapretrain.data.paths import download_base
+        from metapretrain.data.location import download_base
 
         try:
             for path in download_uner(args.data_dir, args.treebank, base=download_base()):

@@ -60,8 +60,8 @@ def dynamics_run(run_dir: str, data_dir: str) -> dict:
     from metapretrain.dynamics.registry import get_metrics
     from metapretrain.dynamics.store import DynamicsTable
     from metapretrain.launch import preemption
-    from metapretrain.launch.jobs import run_identity
     from metapretrain.progress import Progress
+    from metapretrain.run_record import run_identity
     from metapretrain.train.checkpoint import list_checkpoints, load_model
 
     run_dir_p = Path(run_dir)

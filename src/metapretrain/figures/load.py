@@ -18,7 +18,8 @@ import yaml
 
 from metapretrain import paths
 from metapretrain.config.values import load_yaml
-from metapretrain.io import InputError, read_json, read_jsonl, read_text
+from metapretrain.io import InputError, read_jsonl, read_text
+from metapretrain.run_record import read_run_record
 
 log = logging.getLogger("metapretrain.figures")
 
@@ -123,16 +124,16 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
         log.warning("no %s: runs taken from the experiment file %s", grid, config)
         return [{"run_id": r.run_id, "axes": dict(r.axes)} for r in exp.runs]
     runs = []
-    for rj in sorted((exp_dir / "runs").rglob("run.json")):
+    for rj in paths.find_run_records(exp_dir / "runs"):
         try:
-            rec = read_json(rj)
+            rec = read_run_record(rj.parent)
         except InputError as exc:
             data.skip(f"{exc}; run left out")
             continue
-        if not isinstance(rec, dict) or "run_id" not in rec:
+        if rec.run_id is None:
             data.skip(f"{rj}: no run_id; run left out")
             continue
-        runs.append({"run_id": str(rec["run_id"]), "axes": {str(k): str(v) for k, v in (rec.get("axes") or {}).items()}})
+        runs.append({"run_id": rec.run_id, "axes": rec.axes})
     data.axes = sorted({a for r in runs for a in r["axes"]})
     log.warning("no %s: runs discovered from %d run.json files", grid, len(runs))
     return runs
@@ -186,7 +187,7 @@ def load_experiment_data(exp_dir: str | Path, config: str | Path | None = None,
             data.skip(f"run {entry['run_id']}: cannot read {exc}")
             continue
         run = RunData(entry["run_id"], entry["axes"], cfg if isinstance(cfg, dict) else {}, rdir)
-        run.done = (paths.pretrain_dir(rdir) / "done.json").exists()
+        run.done = paths.done_file(paths.pretrain_dir(rdir)).exists()
         metrics = paths.metrics_file(rdir)
         if not run.done and not include_unfinished:
             data.skip(f"run {run.run_id}: pretraining not done (no pretrain/done.json)")

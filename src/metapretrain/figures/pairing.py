@@ -24,8 +24,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from metapretrain.config.overrides import flatten
 from metapretrain.figures.load import RunData
-from metapretrain.grid import flatten
 
 PRESET_ORDER = ("micro", "mini", "tiny", "small", "medium", "large")
 VANILLA = "vanilla"

@@ -76,11 +76,11 @@ def grid_table(data, d):
 
     rows = []
     for r in data.runs:
-        ft = sorted(p.parent.name for p in (r.run_dir / "finetune").glob("*/done.json"))
+        ft = sorted(p.parent.name for p in (r.run_dir / "finetune").glob(str(paths.done_file("*"))))
         rows.append({"run_id": r.run_id, **{a: r.axes.get(a, "") for a in data.axes},
                      "learner": r.learner, "preset": r.preset, "method": d.label[r.run_id],
                      "panel": d.panel[r.run_id], "baseline_run": d.baseline.get(r.run_id) or "",
                      "pretrain_done": r.done, "finetune_done": len(ft),
-                     "dynamics_done": (paths.dynamics_dir(r.run_dir) / "done.json").exists(),
+                     "dynamics_done": paths.done_file(paths.dynamics_dir(r.run_dir)).exists(),
                      "source": r.rel(data.exp_dir, "config.resolved.yaml")})
     return pd.DataFrame(rows)

@@ -39,10 +39,12 @@ def _sample(items: list, cap: int | None, seed: int) -> list:
 
 
 def _run_identity(run_dir: Path) -> tuple[str, dict]:
-    from metapretrain.launch.jobs import read_run_info
+    from metapretrain.run_record import read_run_record
 
-    info = read_run_info(run_dir) or {}
-    return str(info.get("run_id", run_dir.name)), dict(info.get("axes") or {})
+    rec = read_run_record(run_dir)
+    if rec is None:
+        return run_dir.name, {}
+    return rec.run_id if rec.run_id is not None else run_dir.name, dict(rec.axes)
 
 
 def _device(name: str) -> str:
@@ -66,7 +68,7 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     import torch
 
     from metapretrain.config import load_run_config
-    from metapretrain.data.paths import locate_data, resolve
+    from metapretrain.data.location import locate_data, resolve
     from metapretrain.data.tokenizer import load_tokenizer
     from metapretrain.data.uner import discover, read_file
     from metapretrain.finetune.data import WordEncoder, encode, label_names
@@ -194,13 +196,14 @@ def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, his
     try:
         import wandb
 
-        from metapretrain.launch.jobs import read_run_info
+        from metapretrain.run_record import read_run_record
 
-        info = read_run_info(run_dir) or {}
+        rec = read_run_record(run_dir)
+        experiment = rec.experiment if rec else None
         name = f"{run_id}/finetune/{train_set}~{regime}"
         out = paths.finetune_dir(run_dir, train_set, regime)
-        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(info.get("experiment"), name),
-                         name=name, group=info.get("experiment"), job_type="finetune", resume="allow", mode=mode,
+        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(experiment, name),
+                         name=name, group=experiment, job_type="finetune", resume="allow", mode=mode,
                          dir=os.environ.get("WANDB_DIR") or str(out), config={"finetune": cfg.finetune.to_dict(), "pretrain_run": run_id,
                                                "train_set": train_set, "regime": regime},
                          reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))

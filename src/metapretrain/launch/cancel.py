@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from metapretrain import paths
-from metapretrain.launch import jobs, slurm
+from metapretrain.launch import job_records, slurm
 
 
 @dataclass
@@ -24,7 +24,7 @@ class LiveJob:
     run_id: str
     stage: str
     state: str
-    record: jobs.JobRecord | None = None
+    record: job_records.JobRecord | None = None
 
 
 def find_live_jobs(exp, runs_glob: str | None = None) -> list[LiveJob]:
@@ -32,15 +32,14 @@ def find_live_jobs(exp, runs_glob: str | None = None) -> list[LiveJob]:
     wanted = {r.run_id for r in exp.runs if not runs_glob or fnmatch.fnmatch(r.run_id, runs_glob)}
     found: dict[str, LiveJob] = {}
     for run_id in sorted(wanted):
-        for rec in jobs.find_records(paths.run_dir(exp.name, run_id)):
+        for rec in job_records.find_records(paths.run_dir(exp.name, run_id)):
             if rec.launcher != "slurm":
                 continue
             state = slurm.job_state(rec.job_id)
             if state in slurm.LIVE_STATES:
                 found[rec.job_id] = LiveJob(rec.job_id, run_id, rec.stage, state, rec)
-    prefix = f"{exp.name}/"
-    for job_id, (name, _) in slurm.live_jobs_by_name(prefix).items():
-        run_id, _, stage = name[len(prefix):].rpartition(":")
+    for job_id, (name, _) in slurm.live_jobs_by_name(f"{exp.name}/").items():
+        run_id, stage = job_records.split_job_name(name, exp.name)
         if run_id in wanted and job_id not in found:
             state = slurm.job_state(job_id)  # squeue says COMPLETING for a job that already ended; sacct knows
             if state in slurm.LIVE_STATES:
@@ -52,8 +51,8 @@ def cancel_jobs(exp, live: list[LiveJob]) -> None:
     slurm.cancel([j.job_id for j in live])
     for job in live:
         if job.record is not None:
-            job.record.state, job.record.finished_at = "CANCELLED", jobs.now()
-            jobs.write_record(paths.run_dir(exp.name, job.run_id), job.record)
+            job.record.state, job.record.finished_at = "CANCELLED", job_records.now()
+            job_records.write_record(paths.run_dir(exp.name, job.run_id), job.record)
 
 
 def main(argv: list[str]) -> int:
@@ -65,8 +64,8 @@ def main(argv: list[str]) -> int:
                         help="experiment name, if the DAG ran with --config experiment=NAME")
     parser.add_argument("-n", "--dry-run", action="store_true", help="list the live jobs, cancel nothing")
     args = parser.parse_args(argv)
+    from metapretrain.config.overrides import parse_sets
     from metapretrain.grid import load_experiment
-    from metapretrain.grid_cli import parse_sets
 
     exp = load_experiment(args.config, overrides=parse_sets(args.set))
     if args.experiment:

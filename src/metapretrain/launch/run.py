@@ -2,7 +2,7 @@
 
     run_stage("pretrain", RUN, cfg, target="metapretrain.train.stage:train_run", kwargs={...}) -> exit code
 
-The job side (`StageJob`, `guard`) lives in launch/job.py; this module is the
+The job side (`StageJob`, `guard`) lives in launch/stage_job.py; this module is the
 submitting process: it reattaches to a live SLURM job recorded for the same
 run and stage instead of submitting a duplicate, waits with bounded SLURM
 queries (a cancelled job is noticed, never waited on forever), turns every
@@ -22,9 +22,10 @@ import time
 import traceback
 from pathlib import Path
 
-from metapretrain import paths
-from metapretrain.launch import jobs, slurm
+from metapretrain import paths, stages
+from metapretrain.launch import job_records, slurm
 from metapretrain.progress import LogFollower, terminal_stream
+from metapretrain.run_record import run_identity
 
 # How often the submitting process asks SLURM about its job; a few sacct calls a minute are harmless.
 POLL_S = float(os.environ.get("METAPRETRAIN_SLURM_POLL_S", "5"))
@@ -38,26 +39,23 @@ class LaunchError(RuntimeError):
     """A stage's job did not complete; the message says how it ended and what to do."""
 
 
-def submitit_folder(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / "logs" / "submitit" / stage
-
-
 def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | None = None,
               threads: int | None = None) -> int:
     """Run `target(**kwargs)` for one stage of one run with `cfg.launch.launcher`; 0 on success.
 
-    `stage` names the log (`RUN/logs/<stage>.log`) and the job record; its part
-    before a `/` picks the `launch.slurm.stages` overrides (`finetune/Danish-DDT~head`
+    `stage` is the stage's key (metapretrain.stages): it names the log (`RUN/logs/<stage>.log`) and the
+    job record, and its kind picks the `launch.slurm.stages` overrides (`finetune/Danish-DDT~head`
     uses `stages.finetune`). `target` must be resumable: a requeued or rerun job
     calls it again and it continues from its last checkpoint. The job computes with `threads` CPU
     threads (the Snakemake rule's `{threads}`), else `launch.threads.<stage>`, else torch's default;
     a SLURM job with `launch.slurm.cpus_per_task`.
     """
-    from metapretrain.launch.job import StageJob  # submitit: imported only when a stage really launches
+    from metapretrain.launch.stage_job import StageJob  # submitit: imported only when a stage really launches
 
     run_dir = Path(run_dir).resolve()
+    instance = stages.launched(stage, run_dir)
     _check_target(target)
-    log = paths.log_file(run_dir, stage)
+    log = instance.log
     log.parent.mkdir(parents=True, exist_ok=True)
     launcher = cfg.launch.launcher
     # How long the job waits for the stage to checkpoint after the stop signal: half the warning SLURM gives.
@@ -66,18 +64,18 @@ def run_stage(stage: str, run_dir: str | Path, cfg, target: str, kwargs: dict | 
     if launcher == "slurm":
         threads = settings.cpus_per_task
     elif threads is None:
-        threads = getattr(cfg.launch.threads, slurm.stage_kind(stage), None)
+        threads = getattr(cfg.launch.threads, instance.kind, None)
     job = StageJob(stage=stage, run_dir=str(run_dir), log=str(log), target=target, kwargs=dict(kwargs or {}),
                    launcher=launcher, max_requeues=cfg.launch.max_requeues, grace_s=grace, cwd=os.getcwd(),
                    cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=threads)
-    _, run_id = jobs.run_identity(run_dir)
+    _, run_id = run_identity(run_dir)
     try:
         if launcher == "debug":
-            _run_debug(job, run_dir, stage)
+            _run_debug(job, run_dir, instance)
         elif launcher == "local":
-            _run_local(job, run_dir, stage, cfg)
+            _run_local(job, run_dir, instance, cfg)
         elif launcher == "slurm":
-            _run_slurm(job, run_dir, stage, cfg)
+            _run_slurm(job, run_dir, instance, cfg)
         else:
             raise LaunchError(f"unknown launch.launcher '{launcher}' (expected debug, local or slurm)")
     except (LaunchError, slurm.SlurmError) as exc:
@@ -141,18 +139,19 @@ def _say(message: str) -> None:
     print(f"[launch] {message}", file=sys.stderr, flush=True)
 
 
-def _record(run_dir: Path, stage: str, launcher: str, job_id: str, folder: Path, previous=()) -> jobs.JobRecord:
-    experiment, run_id = jobs.run_identity(run_dir)
-    rec = jobs.JobRecord(stage=stage, run_id=run_id, experiment=experiment, job_name=jobs.job_name(run_dir, stage),
-                         launcher=launcher, job_id=str(job_id), folder=str(folder), submitted_at=jobs.now(),
-                         previous=list(previous))
-    jobs.write_record(run_dir, rec)
+def _record(run_dir: Path, stage: stages.Stage, launcher: str, job_id: str, previous=()) -> job_records.JobRecord:
+    experiment, run_id = run_identity(run_dir)
+    rec = job_records.JobRecord(stage=stage.key, run_id=run_id, experiment=experiment,
+                                job_name=job_records.job_name(run_dir, stage.key), launcher=launcher,
+                                job_id=str(job_id), folder=str(stage.submitit_dir), submitted_at=job_records.now(),
+                                previous=list(previous))
+    job_records.write_record(run_dir, rec)
     return rec
 
 
-def _finish(run_dir: Path, rec: jobs.JobRecord, state: str) -> None:
-    rec.state, rec.finished_at = state, jobs.now()
-    jobs.write_record(run_dir, rec)
+def _finish(run_dir: Path, rec: job_records.JobRecord, state: str) -> None:
+    rec.state, rec.finished_at = state, job_records.now()
+    job_records.write_record(run_dir, rec)
 
 
 def _failure_text(exc: BaseException) -> str:
@@ -171,13 +170,12 @@ def _failure_text(exc: BaseException) -> str:
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S")
 
 
-def _run_debug(job, run_dir: Path, stage: str) -> None:
+def _run_debug(job, run_dir: Path, stage: stages.Stage) -> None:
     import submitit
 
-    folder = submitit_folder(run_dir, stage)
-    executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    executor = submitit.AutoExecutor(folder=stage.submitit_dir, cluster="debug")
     sjob = executor.submit(job)
-    rec = _record(run_dir, stage, "debug", sjob.job_id, folder)
+    rec = _record(run_dir, stage, "debug", sjob.job_id)
     # exception() runs the job in this process; result() would open pdb on an error.
     exc = sjob.exception()
     if exc is not None:
@@ -192,18 +190,18 @@ def _run_debug(job, run_dir: Path, stage: str) -> None:
     _finish(run_dir, rec, "COMPLETED")
 
 
-def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
+def _run_local(job, run_dir: Path, stage: stages.Stage, cfg) -> None:
     import submitit
 
-    folder = submitit_folder(run_dir, stage)
-    executor = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=cfg.launch.max_requeues)
-    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, name=jobs.job_name(run_dir, stage))
+    executor = submitit.AutoExecutor(folder=stage.submitit_dir, cluster="local",
+                                     local_max_num_timeout=cfg.launch.max_requeues)
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, name=job_records.job_name(run_dir, stage.key))
     # A person at a terminal sees the job's output as it comes (it also goes to the log, as under Snakemake).
     terminal = terminal_stream()
     follower = LogFollower(job.log, terminal) if terminal is not None else None
     sjob = executor.submit(job)
-    rec = _record(run_dir, stage, "local", sjob.job_id, folder)
-    _say(f"started local job {sjob.job_id} for {stage}; output: {job.log}"
+    rec = _record(run_dir, stage, "local", sjob.job_id)
+    _say(f"started local job {sjob.job_id} for {stage.key}; output: {job.log}"
          + (" (shown below as it comes)" if follower else ""))
     try:
         while not sjob.done():
@@ -215,7 +213,7 @@ def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
     except KeyboardInterrupt:
         sjob.cancel(check=False)
         _finish(run_dir, rec, "CANCELLED")
-        _say(f"interrupted: stopped local job {sjob.job_id} of {stage}; rerun to resume from its last checkpoint")
+        _say(f"interrupted: stopped local job {sjob.job_id} of {stage.key}; rerun to resume from its last checkpoint")
         raise
     try:
         sjob.result()
@@ -225,12 +223,12 @@ def _run_local(job, run_dir: Path, stage: str, cfg) -> None:
     _finish(run_dir, rec, "COMPLETED")
 
 
-def _run_slurm(job, run_dir: Path, stage: str, cfg) -> None:
+def _run_slurm(job, run_dir: Path, stage: stages.Stage, cfg) -> None:
     import submitit
 
-    settings = slurm.settings_for(cfg.launch.slurm, stage)
-    name = jobs.job_name(run_dir, stage)
-    rec = jobs.read_record(run_dir, stage)
+    settings = slurm.settings_for(cfg.launch.slurm, stage.key)
+    name = job_records.job_name(run_dir, stage.key)
+    rec = job_records.read_record(run_dir, stage.key)
     previous: list[str] = []
     if rec is not None and rec.launcher == "slurm":
         state = slurm.job_state(rec.job_id)
@@ -245,19 +243,19 @@ def _run_slurm(job, run_dir: Path, stage: str, cfg) -> None:
         verb = "is" if len(missing) == 1 else "are"
         raise LaunchError(f"launch.launcher is slurm, but {' and '.join(missing)} {verb} not on PATH: run on a "
                           f"SLURM login node, or set launch.launcher to local")
-    folder = submitit_folder(run_dir, stage)
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.launch.max_requeues)
+    executor = submitit.AutoExecutor(folder=stage.submitit_dir, cluster="slurm",
+                                     slurm_max_num_timeout=cfg.launch.max_requeues)
     executor.update_parameters(**slurm.executor_parameters(settings, name))
     try:
         sjob = executor.submit(job)
     except Exception as exc:  # sbatch refused (bad partition, GRES, account, ...): say what it said
         raise LaunchError(f"sbatch refused the job ({slurm.describe(settings)}): {_failure_text(exc)}") from None
-    rec = _record(run_dir, stage, "slurm", sjob.job_id, folder, previous)
+    rec = _record(run_dir, stage, "slurm", sjob.job_id, previous)
     _say(f"submitted SLURM job {sjob.job_id} '{name}' ({slurm.describe(settings)}); output: {job.log}")
     _wait_and_check(run_dir, rec, job, settings)
 
 
-def _wait_and_check(run_dir: Path, rec: jobs.JobRecord, job, settings) -> None:
+def _wait_and_check(run_dir: Path, rec: job_records.JobRecord, job, settings) -> None:
     import submitit
 
     state = _wait_slurm(run_dir, rec)
@@ -291,7 +289,7 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM while waiting (snakemake stopping its jobs) is handled like Ctrl-C."""
 
 
-def _wait_slurm(run_dir: Path, rec: jobs.JobRecord) -> str:
+def _wait_slurm(run_dir: Path, rec: job_records.JobRecord) -> str:
     """Poll until the job reaches a terminal state; returns it."""
     last, unknown_since = None, None
     previous_term = None
@@ -314,7 +312,7 @@ def _wait_slurm(run_dir: Path, rec: jobs.JobRecord) -> str:
                 last = state
                 if state != slurm.UNKNOWN:
                     rec.state = state
-                    jobs.write_record(run_dir, rec)
+                    job_records.write_record(run_dir, rec)
             if state in slurm.TERMINAL_STATES:
                 return state
             if state == slurm.UNKNOWN:
@@ -333,7 +331,7 @@ def _wait_slurm(run_dir: Path, rec: jobs.JobRecord) -> str:
             signal.signal(signal.SIGTERM, previous_term)
 
 
-def _live_job_message(rec: jobs.JobRecord) -> None:
+def _live_job_message(rec: job_records.JobRecord) -> None:
     try:
         state = slurm.job_state(rec.job_id)
     except slurm.SlurmError:

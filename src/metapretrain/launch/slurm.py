@@ -13,6 +13,7 @@ import subprocess
 
 from metapretrain.config.errors import ConfigError
 from metapretrain.config.types import SlurmSection
+from metapretrain.stages import kind_of
 
 # States in which a job may still run (a requeued job passes through REQUEUED and PENDING again).
 LIVE_STATES = frozenset({
@@ -129,14 +130,10 @@ def live_jobs_by_name(prefix: str) -> dict[str, tuple[str, str]]:
 _SETTINGS = [f.name for f in dataclasses.fields(SlurmSection) if f.name not in ("stages",)]
 
 
-def stage_kind(stage: str) -> str:
-    """`finetune/Danish-DDT~head` -> `finetune`: the key of `launch.slurm.stages` that applies."""
-    return stage.split("/", 1)[0]
-
-
 def settings_for(slurm: SlurmSection, stage: str) -> SlurmSection:
-    """`slurm` with the overrides of `launch.slurm.stages.<stage kind>` applied and checked."""
-    kind = stage_kind(stage)
+    """`slurm` with the overrides of `launch.slurm.stages.<kind>` applied and checked, for the stage with key
+    `stage` (`finetune/Danish-DDT~head` takes `launch.slurm.stages.finetune`)."""
+    kind = kind_of(stage)
     overrides = slurm.stages.get(kind) or {}
     where = f"launch.slurm.stages.{kind}"
     for key in overrides:

@@ -19,7 +19,7 @@ STAGE = "pretrain"
 
 def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
     """pretrain/tokenizer.json: the run directory alone is enough for finetune and dynamics."""
-    src, dst = data_dir / "tokenizer.json", pretrain_dir / "tokenizer.json"
+    src, dst = paths.tokenizer_file(data_dir), paths.tokenizer_file(pretrain_dir)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no tokenizer; run the tokenize stage first")
     if not dst.is_file() or sha256_file(dst) != sha256_file(src):
@@ -56,8 +56,8 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     import yaml
 
     from metapretrain.config.errors import ConfigError
+    from metapretrain.config.overrides import flatten
     from metapretrain.config.values import load_yaml
-    from metapretrain.grid import flatten
     from metapretrain.io import read_text
     from metapretrain.train import checkpoint as ckpt
 
@@ -92,8 +92,8 @@ def train_run(run_dir: str, data_dir: str) -> dict:
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     pre = paths.pretrain_dir(run_dir)
     if done_is_valid(pre, STAGE):
-        print(f"pretrain: {pre / 'done.json'} is valid; nothing to do", flush=True)
-        return read_json(pre / "done.json")
+        print(f"pretrain: {paths.done_file(pre)} is valid; nothing to do", flush=True)
+        return read_json(paths.done_file(pre))
     cfg = load_run_config(paths.resolved_config(run_dir))
     check_config_unchanged(run_dir, cfg)
     # One process, or one rank of a torchrun / multi-task SLURM job (train/distributed.py).
@@ -105,7 +105,7 @@ def train_run(run_dir: str, data_dir: str) -> dict:
 
 
 def _train(run_dir: Path, data_dir: Path, cfg, dist) -> dict:
-    from metapretrain.launch.jobs import run_identity
+    from metapretrain.run_record import run_identity
     from metapretrain.train import runtime
     from metapretrain.train.loop import Trainer
     from metapretrain.train.metrics import WandbLogger
@@ -113,7 +113,7 @@ def _train(run_dir: Path, data_dir: Path, cfg, dist) -> dict:
     pre = paths.pretrain_dir(run_dir)
     experiment, run_id = run_identity(run_dir)
     pre.mkdir(parents=True, exist_ok=True)
-    tokenizer = pre / "tokenizer.json"
+    tokenizer = paths.tokenizer_file(pre)
     dist.on_main(lambda: copy_tokenizer(data_dir, pre), "copy the tokenizer")
     trainer = Trainer(run_dir, data_dir, cfg, run_id=run_id, experiment=experiment, dist=dist)
     if dist.active:
@@ -145,7 +145,7 @@ def _train(run_dir: Path, data_dir: Path, cfg, dist) -> dict:
         print(f"pretrain {run_id}: done: {summary['final_step']} steps, {summary['tokens']:,} tokens, "
               f"{summary['flops']:.3g} FLOPs, {summary['wall']:.1f}s, final val_loss "
               f"{summary['final_val_loss']:.4f} -> {pre}", flush=True)
-    record = read_json(pre / "done.json")
+    record = read_json(paths.done_file(pre))
     # Every rank has read done.json before any tears its process group down: a rank destroying gloo
     # while another still used it was seen to abort ("terminate called without an active exception").
     dist.barrier()

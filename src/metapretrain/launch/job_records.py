@@ -1,6 +1,6 @@
 """Job records: which job runs (or ran) a stage of a run.
 
-The record lives next to the stage's log (`RUN/logs/<stage>.job.json`), so a
+The record lives next to the stage's log (`RUN/logs/<stage key>.job.json`), so a
 rerun of the same stage finds a still-live SLURM job and waits on it instead
 of submitting a duplicate, and `metapretrain cancel` finds every live job of
 a grid from the run directories alone.
@@ -13,10 +13,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metapretrain import paths
+from metapretrain import paths, stages
 from metapretrain.io import InputError, read_json, write_json
-
-RECORD_SUFFIX = ".job.json"
+from metapretrain.run_record import run_identity
 
 
 @dataclass
@@ -42,38 +41,20 @@ def now() -> str:
 
 
 def record_path(run_dir: str | Path, stage: str) -> Path:
-    log = paths.log_file(run_dir, stage)
-    return log.with_name(log.name.removesuffix(".log") + RECORD_SUFFIX)
-
-
-def read_run_info(run_dir: str | Path) -> dict | None:
-    """The run's `run.json` (written by `grid materialize`), None when there is none.
-
-    One that does not decode or parse is an InputError naming file:line: a run's identity
-    (job names, W&B ids, done.json) must not silently fall back to the directory name.
-    """
-    path = Path(run_dir) / "run.json"
-    try:
-        info = read_json(path)
-    except FileNotFoundError:
-        return None
-    if not isinstance(info, dict):
-        raise InputError(path, f"expected a JSON object, got {type(info).__name__}", 1)
-    return info
-
-
-def run_identity(run_dir: str | Path) -> tuple[str | None, str]:
-    """(experiment, run id) from the run's `run.json`, else (None, the directory name)."""
-    info = read_run_info(run_dir)
-    if info is None or "run_id" not in info:
-        return None, Path(run_dir).resolve().name
-    return info.get("experiment"), str(info["run_id"])
+    """Where the record of stage `stage` (its key, metapretrain.stages) of `run_dir` lives."""
+    return stages.launched(stage, run_dir).job_record
 
 
 def job_name(run_dir: str | Path, stage: str) -> str:
-    """One identity per run: the SLURM job name is `<experiment>/<run id>:<stage>`."""
+    """One identity per run: the SLURM job name is `<experiment>/<run id>:<stage key>`."""
     experiment, run_id = run_identity(run_dir)
     return f"{experiment}/{run_id}:{stage}" if experiment else f"{run_id}:{stage}"
+
+
+def split_job_name(name: str, experiment: str) -> tuple[str, str]:
+    """(run id, stage key) of the job name `<experiment>/<run id>:<stage key>` of a job of `experiment`."""
+    run_id, _, stage = name.removeprefix(f"{experiment}/").rpartition(":")
+    return run_id, stage
 
 
 def read_record(run_dir: str | Path, stage: str) -> JobRecord | None:
@@ -86,8 +67,8 @@ def write_record(run_dir: str | Path, record: JobRecord) -> None:
 
 def find_records(run_dir: str | Path) -> list[JobRecord]:
     """Every stage's record under a run directory, sorted by stage."""
-    logs = paths.log_file(run_dir, "x").parent
-    found = [_load(p) for p in sorted(logs.rglob(f"*{RECORD_SUFFIX}"))] if logs.is_dir() else []
+    logs = paths.logs_dir(run_dir)
+    found = [_load(p) for p in sorted(logs.rglob(f"*{paths.JOB_RECORD_SUFFIX}"))] if logs.is_dir() else []
     return [r for r in found if r is not None]
 
 
