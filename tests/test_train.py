@@ -184,6 +184,35 @@ def test_micro_seeds_deterministic_and_hybrid_fraction():
     assert 0.45 < np.mean([u < 0.5 for u in draws]) < 0.55
 
 
+class _Still(steps_mod.StepKind):
+    def run(self, scale, gen):
+        raise AssertionError("not run here")
+
+
+def test_step_mix_draws_like_the_hybrid_ratio_and_counts_an_off_slot():
+    from metapretrain.train.steps import Slot, StepMix, config_slots
+
+    mix = StepMix([Slot("next_token", _Still, 0.7), Slot("meta", _Still, 0.3, "meta.learner")], ctx=None)
+    draws = [micro_seeds(3, s, m)[0] for s in range(200) for m in range(2)]
+    assert [mix.draw(u)[0] for u in draws] == ["meta" if u < 0.3 else "next_token" for u in draws]
+    assert mix.draw(0.0)[1] is mix.kinds["meta"] and mix.base == "next_token"
+    off = StepMix([Slot("next_token", _Still, 1.0), Slot("meta", None, 0.0, "meta.learner")], ctx=None)
+    assert {off.draw(u)[0] for u in draws} == {"next_token"}
+    assert off.names == ["next_token", "meta"] and list(off.kinds) == ["next_token"]
+    vanilla, meta = config_slots(run_config_from_dict({})), config_slots(run_config_from_dict(HYBRID))
+    assert [(s.name, s.kind) for s in vanilla] == [("next_token", steps_mod.NextTokenStep), ("meta", None)]
+    assert [s.probability for s in meta] == [0.5, 0.5] and meta[1].label == "meta.learner=fomaml"
+
+
+def test_a_step_kind_declares_valid_sync_and_needs():
+    with pytest.raises(TypeError, match="grad_sync='ddp'; expected one of wrapper, explicit"):
+        type("BadSync", (_Still,), {"grad_sync": "ddp"})
+    with pytest.raises(TypeError, match=r"needs names \['shard'\]"):
+        type("BadNeeds", (_Still,), {"needs": ("shard",)})
+    with pytest.raises(ValueError, match="step kind next_token needs StepContext.batches"):
+        steps_mod.step_kind("next_token")(steps_mod.StepContext(model=None, cfg=None, device=None, batches=None))
+
+
 # ----------------------------------------------------------------- metrics
 def test_metrics_truncate_and_torn_line(tmp_path):
     w = MetricsWriter(tmp_path / "metrics.jsonl")
