@@ -15,10 +15,10 @@ import yaml
 
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
+from metapretrain.metrics_log import read_records
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import distributed
 from metapretrain.train.batches import TokenBatches
-from metapretrain.train.metrics import read_records
 
 TINY = {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
         "max_seq_len": 64}

@@ -427,9 +427,9 @@ def _make_run(root, name: str):
 @pytest.mark.slow
 def test_fomaml_run_resumes_bit_identically_after_a_crash(tmp_path, tokenized_dir, monkeypatch):
     from metapretrain import paths
+    from metapretrain.metrics_log import read_records
     from metapretrain.train import checkpoint as ckpt
     from metapretrain.train import loop as loop_mod
-    from metapretrain.train.metrics import read_records
     from metapretrain.train.stage import train_run
 
     def comparable(run):

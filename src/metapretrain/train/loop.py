@@ -395,7 +395,7 @@ def _progress_line(fields: dict) -> str:
 
 
 def _last_eval(metrics_path: Path) -> float | None:
-    from metapretrain.train.metrics import read_records
+    from metapretrain.metrics_log import read_records
 
     evals = [r for r in read_records(metrics_path) if r["kind"] == "eval"]
     return evals[-1]["val_loss"] if evals else None
