@@ -57,7 +57,7 @@ def measure(preset: str, kind: str, device_name: str, repeats: int) -> dict:
     from metapretrain.config.load import run_config_from_dict
     from metapretrain.model import Decoder, ModelConfig
     from metapretrain.model.presets import PRESETS
-    from metapretrain.train.steps import StepContext, step_kind
+    from metapretrain.train.steps import StepContext, TrainingData, step_kind
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -79,8 +79,8 @@ def measure(preset: str, kind: str, device_name: str, repeats: int) -> dict:
             return batch
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    ctx = StepContext(model=model, cfg=cfg, device=device, batches=FixedBatches(), shard=shard, autocast=autocast,
-                      special_tokens={"eos": 0, "mask": 1})
+    ctx = StepContext(model=model, cfg=cfg, device=device, batches=FixedBatches(),
+                      data=TrainingData(shard, {"eos": 0, "mask": 1}), autocast=autocast)
     step = step_kind("next_token" if kind == "vanilla" else "fomaml")(ctx)
     params = list(model.parameters()) + step.parameters()
 

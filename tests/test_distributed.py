@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +15,10 @@ import yaml
 
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
+from metapretrain.metrics_log import read_records
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import distributed
 from metapretrain.train.batches import TokenBatches
-from metapretrain.train.metrics import read_records
 
 TINY = {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
         "max_seq_len": 64}
@@ -173,6 +174,43 @@ def test_config_errors_name_the_keys():
     distributed.check_config(reptile, env, "ddp")
     with pytest.raises(distributed.DistributedConfigError, match="strategy=fsdp.*meta.learner=reptile"):
         distributed.check_config(reptile, env, "fsdp")
+
+
+def test_the_distributed_layer_reads_what_a_step_kind_declares(monkeypatch):
+    """FSDP refusal and DDP sync follow the kinds' attributes, not their names."""
+    from metapretrain.train import steps
+
+    env = distributed.DistEnv(0, 2)
+    distributed.check_config(run_config_from_dict({"train": {"batch_size": 4}}), env, "fsdp")
+
+    class Unshardable(steps.NextTokenStep):
+        supports_fsdp = False
+
+    monkeypatch.setitem(steps._STEP_KINDS, "next_token", Unshardable)
+    with pytest.raises(distributed.DistributedConfigError, match="strategy=fsdp cannot run step kind next_token"):
+        distributed.check_config(run_config_from_dict({"train": {"batch_size": 4}}), env, "fsdp")
+
+    d = distributed.Distributed(env, "ddp")
+    unsynced = []
+
+    class Wrapper:
+        def no_sync(self):
+            unsynced.append(True)
+            return contextlib.nullcontext()
+
+    d.wrapped = Wrapper()
+    wrapper, explicit = steps.step_kind("next_token"), type("Explicit", (), {"grad_sync": "explicit"})
+    for kind, final in ((wrapper, True), (wrapper, False), (explicit, True)):
+        with d.micro_step(final=final, kind=kind):
+            pass
+    assert unsynced == [True, True]  # only a final micro-step of a `wrapper` kind syncs in its backward
+    reduced = []
+    monkeypatch.setattr(d, "all_reduce_mean_", reduced.append)
+    model, head = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+    model.grad, head.grad = torch.ones(2), torch.ones(1)
+    d.sync_grads([model], [head], last_kind=wrapper)
+    d.sync_grads([model], [head], last_kind=explicit)
+    assert [len(r) for r in reduced] == [1, 2]  # the model's gradients too when the wrapper did not sync them
 
 
 def test_episode_seed_keeps_rank0_and_separates_ranks():

@@ -37,10 +37,10 @@ from conftest import write_run_dir
 from metapretrain import paths
 from metapretrain.config.overrides import deep_merge
 from metapretrain.io import done_is_valid
+from metapretrain.metrics_log import read_records
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
-from metapretrain.train.metrics import read_records
 from metapretrain.train.stage import train_run
 
 REPO = Path(__file__).resolve().parents[1]

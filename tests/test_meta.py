@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.meta import LEARNERS, episode_builder, learner
+from metapretrain.config.schema import subschema
+from metapretrain.meta import episode_builder, known_learners, learner
+from metapretrain.meta import registry as meta_registry
 from metapretrain.meta.head import EpisodeHead
 from metapretrain.meta.maml_ntp import InnerOptimizer, adapted_names
 from metapretrain.model import Decoder, ModelConfig
-from metapretrain.train.steps import StepContext, known_step_kinds
+from metapretrain.train.steps import StepContext, TrainingData, known_step_kinds
 
 EOS, MASK, VOCAB = 0, 1, 64
 TINY = ModelConfig(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=32, vocab_size=VOCAB, max_seq_len=32)
@@ -40,8 +42,8 @@ def make(learner_name: str, shard, meta: dict | None = None, train: dict | None 
     cfg = run_config_from_dict({"meta": meta, "train": {"seq_len": 16, **(train or {})}})
     torch.manual_seed(seed)
     model = Decoder(TINY)
-    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None, shard=shard,
-                      special_tokens={"eos": EOS, "mask": MASK})
+    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None,
+                      data=TrainingData(shard, {"eos": EOS, "mask": MASK}))
     return learner(learner_name)(ctx), model
 
 
@@ -67,11 +69,26 @@ def mlp(h, phi):
 # -- registry and head ----------------------------------------------------
 
 
+def _schema_learners() -> set[str]:
+    """The run schema's `meta.learner` values, `none` (no meta-learning) left out."""
+    return set(subschema(("meta", "learner"))["enum"]) - {"none"}
+
+
 def test_all_schema_learners_are_registered_step_kinds():
-    assert set(LEARNERS) <= set(known_step_kinds())
+    assert set(known_learners()) <= set(known_step_kinds())
     assert episode_builder("smlmt").name == "smlmt"
     with pytest.raises(KeyError, match="unknown meta.episode.builder 'nope'"):
         episode_builder("nope")
+
+
+def test_the_schema_lists_exactly_the_registered_learners(monkeypatch):
+    assert _schema_learners() == set(known_learners())
+    # The check can fail: a learner registered but missing from the schema, or the reverse, is caught.
+    monkeypatch.setitem(meta_registry._LEARNERS, "extra", object)
+    assert _schema_learners() != set(known_learners())
+    monkeypatch.delitem(meta_registry._LEARNERS, "extra")
+    monkeypatch.delitem(meta_registry._LEARNERS, "reptile")
+    assert _schema_learners() != set(known_learners())
 
 
 def test_head_shape_init_and_generator_dropout():
@@ -153,7 +170,7 @@ def test_backbone_grad_from_support_adds_every_inner_steps_support_gradient(shar
         torch.testing.assert_close(g_buggy[f"model.{n}"], g_plain[f"model.{n}"] + e, rtol=1e-4, atol=1e-7, msg=n)
 
 
-@pytest.mark.parametrize("name", LEARNERS)
+@pytest.mark.parametrize("name", known_learners())
 def test_meta_step_is_bit_identical_for_the_same_generator(shard, name):
     meta = {"head": {"layers": 3, "width": 8, "dropout": 0.3}, "reptile": {"scope": "all", "outer_step_size": 1.0}}
     a, model_a = make(name, shard, meta=meta)
@@ -168,7 +185,7 @@ def test_meta_step_is_bit_identical_for_the_same_generator(shard, name):
     assert out_a.loss != make(name, shard, meta=meta)[0].run(1.0, gen(10)).loss
 
 
-@pytest.mark.parametrize("name", LEARNERS)
+@pytest.mark.parametrize("name", known_learners())
 def test_meta_steps_run_under_bf16_autocast(shard, name):
     lrn, model = make(name, shard, meta={"reptile": {"scope": "all", "outer_step_size": 1.0}})
     lrn.ctx.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
@@ -410,9 +427,9 @@ def _make_run(root, name: str):
 @pytest.mark.slow
 def test_fomaml_run_resumes_bit_identically_after_a_crash(tmp_path, tokenized_dir, monkeypatch):
     from metapretrain import paths
+    from metapretrain.metrics_log import read_records
     from metapretrain.train import checkpoint as ckpt
     from metapretrain.train import loop as loop_mod
-    from metapretrain.train.metrics import read_records
     from metapretrain.train.stage import train_run
 
     def comparable(run):
@@ -458,8 +475,8 @@ def test_inner_loop_raises_support_accuracy_on_real_episodes(tokenized_dir):
     torch.manual_seed(0)
     model = Decoder(ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=128,
                                 vocab_size=int(shard.max()) + 1, max_seq_len=32))
-    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None, shard=shard,
-                      special_tokens=special)
+    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None,
+                      data=TrainingData(shard, special))
     lrn = learner("fomaml")(ctx)
     outs = [lrn.run(1.0, gen(seed)).metrics for seed in range(6)]
     before = np.mean([m["meta/support_acc_before"] for m in outs])
@@ -488,8 +505,8 @@ def test_hybrid_fomaml_learns_episodes_above_chance(tokenized_dir):
     vocab = int(shard.max()) + 1
     model = Decoder(ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=128,
                                 vocab_size=vocab, max_seq_len=32))
-    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None, shard=shard,
-                      special_tokens=special)
+    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None,
+                      data=TrainingData(shard, special))
     lrn = learner("fomaml")(ctx)
     torch.nn.init.zeros_(lrn.head.linears[-1].weight)
     opt = torch.optim.AdamW(list(model.parameters()) + lrn.parameters(), lr=1e-3, weight_decay=0.0)

@@ -19,11 +19,12 @@ from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.config.overrides import deep_merge
 from metapretrain.launch import preemption
+from metapretrain.metrics_log import read_records
 from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.batches import DataTooSmallError, TokenBatches, fixed_batches
-from metapretrain.train.metrics import MetricsWriter, read_records, stable_run_id, wandb_mode
+from metapretrain.train.metrics import MetricsWriter, stable_run_id, wandb_mode
 from metapretrain.train.optim import param_groups, use_fused
 from metapretrain.train.runtime import micro_seeds
 from metapretrain.train.schedule import Schedule, decay_steps_for
@@ -182,6 +183,35 @@ def test_micro_seeds_deterministic_and_hybrid_fraction():
     assert micro_seeds(1, 5, 0) != micro_seeds(1, 5, 1) != micro_seeds(2, 5, 0)
     draws = [micro_seeds(3, s, m)[0] for s in range(500) for m in range(2)]
     assert 0.45 < np.mean([u < 0.5 for u in draws]) < 0.55
+
+
+class _Still(steps_mod.StepKind):
+    def run(self, scale, gen):
+        raise AssertionError("not run here")
+
+
+def test_step_mix_draws_like_the_hybrid_ratio_and_counts_an_off_slot():
+    from metapretrain.train.steps import Slot, StepMix, config_slots
+
+    mix = StepMix([Slot("next_token", _Still, 0.7), Slot("meta", _Still, 0.3, "meta.learner")], ctx=None)
+    draws = [micro_seeds(3, s, m)[0] for s in range(200) for m in range(2)]
+    assert [mix.draw(u)[0] for u in draws] == ["meta" if u < 0.3 else "next_token" for u in draws]
+    assert mix.draw(0.0)[1] is mix.kinds["meta"] and mix.base == "next_token"
+    off = StepMix([Slot("next_token", _Still, 1.0), Slot("meta", None, 0.0, "meta.learner")], ctx=None)
+    assert {off.draw(u)[0] for u in draws} == {"next_token"}
+    assert off.names == ["next_token", "meta"] and list(off.kinds) == ["next_token"]
+    vanilla, meta = config_slots(run_config_from_dict({})), config_slots(run_config_from_dict(HYBRID))
+    assert [(s.name, s.kind) for s in vanilla] == [("next_token", steps_mod.NextTokenStep), ("meta", None)]
+    assert [s.probability for s in meta] == [0.5, 0.5] and meta[1].label == "meta.learner=fomaml"
+
+
+def test_a_step_kind_declares_valid_sync_and_needs():
+    with pytest.raises(TypeError, match="grad_sync='ddp'; expected one of wrapper, explicit"):
+        type("BadSync", (_Still,), {"grad_sync": "ddp"})
+    with pytest.raises(TypeError, match=r"needs names \['shard'\]"):
+        type("BadNeeds", (_Still,), {"needs": ("shard",)})
+    with pytest.raises(ValueError, match="step kind next_token needs StepContext.batches"):
+        steps_mod.step_kind("next_token")(steps_mod.StepContext(model=None, cfg=None, device=None, batches=None))
 
 
 # ----------------------------------------------------------------- metrics

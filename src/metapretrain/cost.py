@@ -64,24 +64,23 @@ def processes(cfg) -> int:
 def run_cost(cfg, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> RunCost:
     """The cost of pretraining one run with RunConfig `cfg` (a vocabulary the preset leaves open is
     `tokenizer.vocab_size`)."""
-    from metapretrain.meta.episodic import EpisodicLearner
+    from metapretrain.meta.episode_learner import EpisodicLearner
     from metapretrain.meta.head import EpisodeHead
     from metapretrain.train.loop import checkpoint_steps
-    from metapretrain.train.steps import step_kind
+    from metapretrain.train.steps import config_slots
 
     t = cfg.train
     model_cfg = cfg.model.resolved(tokenizer_vocab=cfg.tokenizer.vocab_size)
     world = processes(cfg)
-    nt = step_kind("next_token").expected_cost(cfg, model_cfg)
-    rho, extra = 0.0, 0
-    micro_tokens, micro_flops = float(nt.tokens), nt.flops
-    if cfg.meta.enabled:
-        learner = step_kind(cfg.meta.learner)
-        meta = learner.expected_cost(cfg, model_cfg)
-        rho = cfg.meta.hybrid_ratio
-        micro_tokens = (1 - rho) * nt.tokens + rho * world * meta.tokens
-        micro_flops = (1 - rho) * nt.flops + rho * world * meta.flops
-        if issubclass(learner, EpisodicLearner):
+    slots = config_slots(cfg)
+    rho = sum(s.probability for s in slots[1:])  # the base slot (next-token steps) takes the rest
+    micro_tokens, micro_flops, extra = 0, 0, 0
+    for slot in (s for s in slots if s.kind is not None):
+        step = slot.kind.expected_cost(cfg, model_cfg)
+        copies = world if slot.kind.samples_per_rank else 1
+        micro_tokens += slot.probability * copies * step.tokens
+        micro_flops += slot.probability * copies * step.flops
+        if issubclass(slot.kind, EpisodicLearner):
             h = cfg.meta.head
             extra = EpisodeHead.shape_params(model_cfg.d_model, cfg.meta.episode.n_way, h.layers, h.width)[1]
     per_update = {"steps": 1.0, "tokens": t.grad_accum * micro_tokens, "flops": t.grad_accum * micro_flops}

@@ -76,7 +76,13 @@ def read_jsonl(path: str | Path, *, on_bad: Callable[[InputError], None] | None 
     A last line that does not decode or parse is a record torn by a kill mid-write: it is dropped.
     Any other bad line raises its InputError, or is passed to `on_bad` and skipped.
     """
-    lines = read_bytes(path).split(b"\n")
+    return parse_jsonl(read_bytes(path), path, on_bad=on_bad)
+
+
+def parse_jsonl(data: bytes, file: str | Path, *,
+                on_bad: Callable[[InputError], None] | None = None) -> list[tuple[int, Any]]:
+    """`read_jsonl` of bytes read from `file` (for a part of a file, line numbers count from its start)."""
+    lines = data.split(b"\n")
     while lines and not lines[-1].strip():
         lines.pop()
     out = []
@@ -84,7 +90,7 @@ def read_jsonl(path: str | Path, *, on_bad: Callable[[InputError], None] | None 
         if not raw.strip():
             continue
         try:
-            out.append((n, parse_json(decode_text(raw, path, n), path, n)))
+            out.append((n, parse_json(decode_text(raw, file, n), file, n)))
         except InputError as exc:
             if n == len(lines):
                 break

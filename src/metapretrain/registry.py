@@ -1,10 +1,10 @@
 """Name → implementation tables that decorators fill at import time.
 
-Three of the project's extension points are registries: step kinds and meta-learners
-(`train.steps.register_step`), episode builders (`meta.registry.register_episode_builder`)
-and dynamics metrics (`dynamics.registry.register_metric`). They share this class: one
-name maps to one implementation, registering another under a taken name is an error,
-and a lookup first imports the modules that register the built-in entries.
+Four of the project's extension points are registries: step kinds (`train.steps.register_step`),
+meta-learners (`meta.registry.register_learner`, step kinds too), episode builders
+(`meta.registry.register_episode_builder`) and dynamics metrics (`dynamics.registry.register_metric`).
+They share this class: one name maps to one implementation, registering another under a taken
+name is an error, and a lookup first imports the modules that register the built-in entries.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from metapretrain import paths, stages
-from metapretrain.io import InputError, decode_text, parse_json, read_json
+from metapretrain.io import InputError, read_json
+from metapretrain.metrics_log import read_records
 
 SLURM_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 12
@@ -71,40 +72,16 @@ def tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 16384) -> list[st
 def last_records(metrics: Path, max_bytes: int = 65536) -> tuple[dict | None, dict | None]:
     """The last train and eval records of a metrics.jsonl, reading only its last `max_bytes`.
 
-    The last line may be torn by a live writer and is skipped; another line that does not decode
-    or parse is skipped with a warning naming file:line.
+    The last line may be torn by a live writer and is skipped; a damaged line elsewhere is skipped with
+    a warning naming file:line (metrics_log).
     """
-    try:
-        with open(metrics, "rb") as fh:
-            start = max(0, fh.seek(0, os.SEEK_END) - max_bytes)
-            fh.seek(start)
-            data = fh.read()
-    except FileNotFoundError:
-        return None, None
-    if start:  # the window's first line is most likely cut
-        cut = data.find(b"\n") + 1
-        start, data = start + cut, data[cut:]
-    lines = data.split(b"\n")
-    train = evalr = None
-    for i in range(len(lines) - 1, -1, -1):
-        if not lines[i].strip():
-            continue
-        try:
-            rec = parse_json(decode_text(lines[i], metrics), metrics)
-        except InputError as exc:
-            if any(x.strip() for x in lines[i + 1:]):
-                with open(metrics, "rb") as fh:  # the line number: only counted when there is something to say
-                    line = fh.read(start).count(b"\n") + i + 1
-                print(f"metapretrain status: warning: {metrics}:{line}: {exc.problem}; record skipped", file=sys.stderr)
-            continue
-        if not isinstance(rec, dict):
-            continue
-        if rec.get("kind") == "train" and train is None:
-            train = rec
-        elif rec.get("kind") == "eval" and evalr is None:
-            evalr = rec
-        if train and evalr:
-            break
+
+    def warn(exc) -> None:
+        print(f"metapretrain status: warning: {exc.file}:{exc.line}: {exc.problem}; record skipped", file=sys.stderr)
+
+    records = read_records(metrics, on_damaged=warn, max_bytes=max_bytes)
+    train = next((r for r in reversed(records) if r.get("kind") == "train"), None)
+    evalr = next((r for r in reversed(records) if r.get("kind") == "eval"), None)
     return train, evalr
 
 

@@ -13,7 +13,7 @@ import bisect
 from pathlib import Path
 
 from metapretrain.dynamics.registry import Row, register_metric
-from metapretrain.train.metrics import read_records
+from metapretrain.metrics_log import read_records
 
 COMPONENT = "episode"
 
@@ -21,9 +21,10 @@ COMPONENT = "episode"
 def read_train_log(path: str | Path) -> list[dict]:
     """The `kind: train` records of a metrics.jsonl, in file order; [] when the file is absent.
 
-    A torn last line (a run killed mid-write) is ignored; a bad line elsewhere is an error naming it.
+    A torn last line (a run killed mid-write) is ignored; a damaged line elsewhere is an error naming it
+    (metrics_log: the rows computed from it are kept).
     """
-    return [r for r in read_records(path) if r.get("kind") == "train" and "step" in r]
+    return [r for r in read_records(path) if r.get("kind") == "train"]
 
 
 def _is_accuracy(key: str) -> bool:

@@ -18,7 +18,8 @@ import yaml
 
 from metapretrain import paths
 from metapretrain.config.values import load_yaml
-from metapretrain.io import InputError, read_jsonl, read_text
+from metapretrain.io import InputError, read_text
+from metapretrain.metrics_log import read_records
 from metapretrain.run_record import read_run_record
 
 log = logging.getLogger("metapretrain.figures")
@@ -82,16 +83,13 @@ class ExperimentData:
 def read_metrics(path: Path):
     """metrics.jsonl -> (train DataFrame, eval DataFrame), each sorted by step.
 
-    A malformed line (e.g. a truncated last line of a killed run) is skipped with
-    a warning naming file:line; non-finite numbers are kept as NaN.
+    A torn last line (a killed run) is dropped; a damaged line elsewhere is skipped with a warning
+    naming file:line (metrics_log); non-finite numbers are kept as NaN.
     """
     import pandas as pd
 
     rows: dict[str, list[dict]] = {"train": [], "eval": []}
-    for lineno, rec in read_jsonl(path, on_bad=lambda exc: log.warning("%s; skipping the record", exc)):
-        if not isinstance(rec, dict) or "step" not in rec:
-            log.warning("%s:%d: skipping record without `step`", path, lineno)
-            continue
+    for rec in read_records(path, on_damaged=lambda exc: log.warning("%s; skipping the record", exc)):
         kind = rec.get("kind")
         if kind in rows:
             rows[kind].append(rec)

@@ -5,6 +5,12 @@ Importing this package registers the SMLMT episode builder and the learners
 """
 
 from metapretrain.meta import fomaml, maml2, maml_ntp, reptile, smlmt  # noqa: F401  (register on import)
-from metapretrain.meta.registry import LEARNERS, episode_builder, learner, register_episode_builder
+from metapretrain.meta.registry import (
+    episode_builder,
+    known_learners,
+    learner,
+    register_episode_builder,
+    register_learner,
+)
 
-__all__ = ["LEARNERS", "episode_builder", "learner", "register_episode_builder"]
+__all__ = ["episode_builder", "known_learners", "learner", "register_episode_builder", "register_learner"]

@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metapretrain.meta.episodic import EpisodicLearner
-from metapretrain.train.steps import StepCost, StepOutput, register_step
+from metapretrain.meta.episode_learner import EpisodicLearner
+from metapretrain.meta.registry import register_learner
+from metapretrain.train.steps import StepCost, StepOutput
 
 
 def first_order(initial: dict[str, torch.Tensor], adapted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,7 +33,7 @@ def first_order(initial: dict[str, torch.Tensor], adapted: dict[str, torch.Tenso
     return {n: p + (adapted[n] - p).detach() for n, p in initial.items()}
 
 
-@register_step("fomaml")
+@register_learner("fomaml")
 class FOMAML(EpisodicLearner):
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
         ep, sy, qy = self.start_episode(gen)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metapretrain.meta.episodic import EpisodicLearner
-from metapretrain.train.steps import StepCost, StepOutput, register_step
+from metapretrain.meta.episode_learner import EpisodicLearner
+from metapretrain.meta.registry import register_learner
+from metapretrain.train.steps import StepCost, StepOutput
 
 # A second-order inner step costs its forward + backward (3 forward-equivalents)
 # plus differentiating that backward in the outer pass (about 2 × 3 more).
 SECOND_ORDER_STEP_COST = 9.0
 
 
-@register_step("maml2")
+@register_learner("maml2")
 class MAML2(EpisodicLearner):
     def run(self, scale: float, gen: torch.Generator) -> StepOutput:
         ep, sy, qy = self.start_episode(gen)

@@ -26,9 +26,10 @@ import torch
 from metapretrain.meta import flops
 from metapretrain.meta.fast import call_at
 from metapretrain.meta.fomaml import first_order
+from metapretrain.meta.registry import register_learner
 from metapretrain.model.flops import forward_flops_per_token
 from metapretrain.train.runtime import to_device
-from metapretrain.train.steps import StepContext, StepCost, StepKind, StepOutput, register_step
+from metapretrain.train.steps import StepContext, StepCost, StepKind, StepOutput
 
 
 def adapted_names(model: torch.nn.Module, scope: str, inner_layers: int) -> list[str]:
@@ -79,24 +80,28 @@ class InnerOptimizer:
         return out
 
 
-@register_step("maml_ntp")
+@register_learner("maml_ntp")
 class MAMLNextToken(StepKind):
+    # Support and query windows come from the training tokens, drawn per process; the inner loop runs the
+    # whole model at full-size fast weights (functional_call), which FSDP's shards cannot serve.
+    needs = ("data",)
+    samples_per_rank = True
+
     def __init__(self, ctx: StepContext) -> None:
         super().__init__(ctx)
         self.cfg = ctx.cfg.meta.maml_ntp
         self.steps = ctx.cfg.meta.inner.steps
         self.seq_len = ctx.cfg.train.seq_len
-        if ctx.shard is None:
-            raise ValueError("meta.learner=maml_ntp samples support/query windows from the training shard, but none was given")
-        if len(ctx.shard) <= self.seq_len + 1:
-            raise ValueError(f"training shard has {len(ctx.shard)} tokens; train.seq_len={self.seq_len} needs more")
+        self.shard = ctx.data.tokens
+        if len(self.shard) <= self.seq_len + 1:
+            raise ValueError(f"training shard has {len(self.shard)} tokens; train.seq_len={self.seq_len} needs more")
         self.model = ctx.raw_model
         self.adapted = adapted_names(self.model, self.cfg.scope, self.cfg.inner_layers)
 
     def windows(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n random windows of seq_len + 1 tokens from the shard, [n, T+1] int64 on the device."""
-        starts = torch.randint(len(self.ctx.shard) - self.seq_len, (n,), generator=gen).numpy()
-        rows = np.asarray(self.ctx.shard[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
+        starts = torch.randint(len(self.shard) - self.seq_len, (n,), generator=gen).numpy()
+        rows = np.asarray(self.shard[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
         return to_device(torch.from_numpy(rows), self.ctx.device)
 
     def loss_at(self, params: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,42 @@
-"""Registries of the meta package: episode builders by name; meta-learners are step kinds.
+"""Registries of the meta package: meta-learners and episode builders, by name.
 
-Meta-learners register with `metapretrain.train.steps.register_step` under
-their `meta.learner` name, so the training loop reaches them through
-`step_kind(cfg.meta.learner)` without knowing which one it runs. Episode
-builders (`meta.episode.builder`) register here.
+Meta-learners are step kinds: `@register_learner("name")` registers one as the
+step kind `name` and as the value `meta.learner: name`, so the training loop
+reaches it through `step_kind(name)` without knowing which one it runs. This
+registry is the only list of learner names; the run schema's `meta.learner`
+enum is checked against it (tests/test_meta.py). Episode builders
+(`meta.episode.builder`) register here too.
 """
 
 from __future__ import annotations
 
 from metapretrain.registry import Registry
+from metapretrain.train.steps import register_step, step_kind
 
-LEARNERS = ("fomaml", "maml2", "reptile", "maml_ntp")  # the schema's meta.learner values other than none
-
-
+_LEARNERS = Registry("meta.learner", modules=["metapretrain.meta"])  # learners register on import
 _BUILDERS = Registry("meta.episode.builder", modules=["metapretrain.meta"])  # builders register on import
+
+
+def register_learner(name: str):
+    """Class decorator: make a step kind the meta-learner `meta.learner: name` (and the step kind `name`)."""
+
+    def wrap(cls):
+        register_step(name)(cls)
+        _LEARNERS.add(name, cls)
+        return cls
+
+    return wrap
+
+
+def known_learners() -> list[str]:
+    """The registered `meta.learner` names (built-ins loaded), sorted; `none` is not one."""
+    return _LEARNERS.names()
+
+
+def learner(name: str) -> type:
+    """The step-kind class of a meta-learner (`meta.learner`)."""
+    _LEARNERS.lookup(name)  # KeyError naming meta.learner and the known learners
+    return step_kind(name)
 
 
 def register_episode_builder(name: str):
@@ -23,12 +46,3 @@ def register_episode_builder(name: str):
 
 def episode_builder(name: str) -> type:
     return _BUILDERS.lookup(name)
-
-
-def learner(name: str) -> type:
-    """The step-kind class of a meta-learner (`meta.learner`)."""
-    from metapretrain.train.steps import step_kind
-
-    if name not in LEARNERS:
-        raise KeyError(f"unknown meta.learner {name!r}; known: {', '.join(LEARNERS)}")
-    return step_kind(name)

@@ -15,13 +15,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metapretrain.meta.episodic import EpisodicLearner, accuracy
+from metapretrain.meta.episode_learner import EpisodicLearner, accuracy
 from metapretrain.meta.fast import LastHidden, accumulate_grad, call_at
-from metapretrain.train.steps import StepCost, StepOutput, register_step
+from metapretrain.meta.registry import register_learner
+from metapretrain.train.steps import StepCost, StepOutput
 
 
-@register_step("reptile")
+@register_learner("reptile")
 class Reptile(EpisodicLearner):
+    supports_fsdp = False  # it evaluates the backbone at full-size fast weights and writes full-size .grad
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.last_hidden = LastHidden(self.backbone)

@@ -267,7 +267,7 @@ class SMLMTBuilder:
             raise ValueError(f"training shard has {len(shard)} tokens, fewer than meta.episode.window={ep.window}")
         if ep.unit == "word":
             if not tokenizer_path:
-                raise ValueError("meta.episode.unit=word needs the tokenizer (StepContext.tokenizer_path is None)")
+                raise ValueError("meta.episode.unit=word needs the tokenizer (TrainingData.tokenizer_path is None)")
             self.index = word_index(shard, ep, tokenizer_path)
         else:
             self.index = token_index(shard, ep, [i for i in (mask_id, eos_id) if i is not None])

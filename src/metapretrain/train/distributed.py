@@ -29,17 +29,20 @@ estimates of the meta-gradient: still unbiased, with 1/W the variance, i.e. a
 meta-batch of W episodes per meta step. Inner loops are functional (fast
 weights), so no rank ever writes shared parameters before the update.
 
-Gradient synchronisation happens once per optimizer update. DDP: every
-micro-step but the last runs under `no_sync()`; when the last one is a
-next-token step, DDP all-reduces in its backward the gradients accumulated by
-all micro-steps (meta steps write into the same parameters, outside DDP's
-forward). Otherwise, and always for step-kind parameters (the episode head,
-not part of the DDP module), one explicit coalesced all-reduce (mean) at the
-update boundary does it. FSDP: `set_requires_gradient_sync(False)` on every
-micro-step but the last, whose backward reduce-scatters; meta learners call the
-root module (`model(x, output="hidden")`) so FSDP's hooks gather the shards.
-Learners that run the backbone at full-size fast weights (reptile, maml_ntp)
-cannot work on shards and are refused under FSDP. Step-kind parameters are
+Gradient synchronisation happens once per optimizer update; what a step kind
+needs is its own declaration (`StepKind.grad_sync`, `supports_fsdp`,
+train/steps.py), never its name. DDP: every micro-step but the last runs under
+`no_sync()`; when the last one's kind syncs through the wrapper (`grad_sync =
+"wrapper"`: next-token steps), DDP all-reduces in its backward the gradients
+accumulated by all micro-steps (meta steps write into the same parameters,
+outside DDP's forward). Otherwise (`explicit`), and always for step-kind
+parameters (the episode head, not part of the DDP module), one explicit
+coalesced all-reduce (mean) at the update boundary does it. FSDP:
+`set_requires_gradient_sync(False)` on every micro-step but the last, whose
+backward reduce-scatters; meta learners call the root module
+(`model(x, output="hidden")`) so FSDP's hooks gather the shards. Kinds that run
+the backbone at full-size fast weights (reptile, maml_ntp: `supports_fsdp =
+False`) cannot work on shards and are refused under FSDP. Step-kind parameters are
 all-reduced explicitly as with DDP. (A final meta micro-step with two
 backwards, `meta.inner.backbone_grad_from_support`, reduce-scatters twice:
 FSDP2 adds the reduced parts, so the result is still exact.) Which parameters
@@ -80,8 +83,6 @@ import numpy as np
 import torch
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
-# Learners that evaluate the backbone at full-size fast weights (functional_call) or write full-size .grad.
-FSDP_INCOMPATIBLE = ("reptile", "maml_ntp")
 
 
 class DistributedConfigError(ValueError):
@@ -135,11 +136,16 @@ def check_config(cfg, env: DistEnv, strategy: str) -> None:
     if t.batch_size % env.world_size:
         raise DistributedConfigError(f"train.batch_size={t.batch_size} is the global micro-batch and must be "
                                      f"divisible by the world size {env.world_size}")
-    learner = cfg.meta.learner if cfg.meta.enabled else None
-    if strategy == "fsdp" and learner in FSDP_INCOMPATIBLE:
-        raise DistributedConfigError(f"train.distributed.strategy=fsdp cannot run meta.learner={learner}: it evaluates "
-                                     f"the backbone at full-size fast weights, which FSDP keeps sharded; use "
-                                     f"train.distributed.strategy: ddp, or another meta.learner")
+    if strategy != "fsdp":
+        return
+    from metapretrain.train.steps import config_slots
+
+    for slot in config_slots(cfg):
+        if slot.kind is not None and not slot.kind.supports_fsdp:
+            raise DistributedConfigError(f"train.distributed.strategy=fsdp cannot run {slot.label}: it needs the "
+                                         f"full-size parameters (fast weights over the backbone), which FSDP keeps "
+                                         f"sharded; use train.distributed.strategy: ddp, or another "
+                                         f"{slot.setting or 'step kind'}")
 
 
 def episode_seed(gen_seed: int, rank: int) -> int:
@@ -223,10 +229,10 @@ class Distributed:
         return model
 
     @contextlib.contextmanager
-    def micro_step(self, final: bool, kind: str):
-        """Gradient sync for one micro-step: only in the backward of the update's last micro-step."""
+    def micro_step(self, final: bool, kind):
+        """Gradient sync for one micro-step of step kind `kind`: only in the backward of the update's last one."""
         if self.strategy == "ddp":
-            if final and kind == "next_token":
+            if final and kind.grad_sync == "wrapper":
                 yield
             else:
                 with self.wrapped.no_sync():
@@ -237,12 +243,13 @@ class Distributed:
         else:
             yield
 
-    def sync_grads(self, model_params: list, extra_params: list, last_kind: str) -> None:
-        """At the update boundary: average the gradients no backward hook has averaged yet."""
+    def sync_grads(self, model_params: list, extra_params: list, last_kind) -> None:
+        """At the update boundary: average the gradients no backward hook has averaged yet (`last_kind`: the
+        step kind of the update's last micro-step)."""
         if not self.active:
             return
         todo = list(extra_params)
-        if self.strategy == "ddp" and last_kind != "next_token":
+        if self.strategy == "ddp" and last_kind.grad_sync != "wrapper":
             todo = list(model_params) + todo
         grads = [p.grad for p in todo if p.grad is not None]
         if grads:

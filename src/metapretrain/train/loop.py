@@ -1,8 +1,8 @@
 """The pretraining loop: orchestration only.
 
-Per optimizer update: each of `grad_accum` micro-batches draws a step kind
-(`meta` with probability `meta.hybrid_ratio`, else `next_token`) from
-(seed, step, micro) and runs it; then clip, AdamW, schedule. At update
+Per optimizer update: each of `grad_accum` micro-batches asks the run's
+`StepMix` (train/steps.py) for its step kind, drawn from (seed, step, micro),
+and runs it; then clip, AdamW, schedule. At update
 boundaries: metrics, evaluation, checkpoints, budget and preemption checks.
 What a step computes lives in the step kinds (train/steps.py, metapretrain.meta).
 
@@ -38,7 +38,7 @@ from metapretrain.train import distributed, runtime, schedule
 from metapretrain.train.batches import TokenBatches, fixed_batches
 from metapretrain.train.metrics import MetricsWriter, WandbLogger
 from metapretrain.train.optim import build_optimizer, set_lr
-from metapretrain.train.steps import StepContext, next_token_loss, step_kind
+from metapretrain.train.steps import StepContext, StepMix, TrainingData, next_token_loss
 
 STATE_FORMAT = 1
 
@@ -101,17 +101,15 @@ class Trainer:
                                     rank=self.dist.rank, world=self.dist.world)
         self.val_batches = fixed_batches(open_split(data_dir, "val"), t.batch_size, t.seq_len, t.eval_batches)
         self.autocast = runtime.autocast_factory(self.precision, self.device)
-        tokenizer = paths.pretrain_dir(run_dir) / "tokenizer.json"
-        self.ctx = StepContext(model=self.wrapped, cfg=cfg, device=self.device, batches=self.batches,
-                               shard=train_tokens, autocast=self.autocast, raw_model=self.model,
-                               tokenizer_path=str(tokenizer), special_tokens=dict(manifest.get("special_tokens", {})))
-        self.kinds = {"next_token": step_kind("next_token")(self.ctx)}
-        if cfg.meta.enabled:
-            self.kinds["meta"] = step_kind(cfg.meta.learner)(self.ctx)
-        for kind in self.kinds.values():
+        tokenizer = paths.tokenizer_file(paths.pretrain_dir(run_dir))
+        data = TrainingData(train_tokens, dict(manifest.get("special_tokens", {})), str(tokenizer))
+        self.ctx = StepContext(model=self.wrapped, cfg=cfg, device=self.device, batches=self.batches, data=data,
+                               autocast=self.autocast, raw_model=self.model)
+        self.mix = StepMix.from_config(cfg, self.ctx)
+        for kind in self.mix.kinds.values():
             for module in kind.modules().values():
                 module.to(self.device)
-        extra = [p for kind in self.kinds.values() for p in kind.parameters()]
+        extra = [p for kind in self.mix.kinds.values() for p in kind.parameters()]
         self.extra_params = extra
         self.model_params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, extra, t, self.device)
@@ -127,12 +125,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {name: m for kind in self.kinds.values() for name, m in kind.modules().items()}
+        return {name: m for kind in self.mix.kinds.values() for name, m in kind.modules().items()}
 
     def state(self) -> dict:
         return {"format": STATE_FORMAT, "optimizer": self.dist.optimizer_state(self.model, self.optimizer),
                 "schedule": self.schedule.state_dict(),
-                "kinds": {name: kind.state_dict() for name, kind in self.kinds.items()},
+                "kinds": {name: kind.state_dict() for name, kind in self.mix.kinds.items()},
                 "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters)}
 
     def resume(self) -> ckpt.CheckpointInfo | None:
@@ -167,7 +165,7 @@ class Trainer:
         else:
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
-        for name, kind in self.kinds.items():
+        for name, kind in self.mix.kinds.items():
             kind.load_state_dict(state["kinds"].get(name, {}))
         self.batches.load_state_dict(state["batches"])
         runtime.set_rng_state(state["rng"])
@@ -257,37 +255,36 @@ class Trainer:
         lr = self.schedule.lr_at(c.step)
         set_lr(self.optimizer, lr)
         self.model.train()
-        nt_losses, other_losses, meta_metrics = [], [], defaultdict(list)
-        counts = {"next_token": 0, "meta": 0}
+        # The base slot's losses make the record's `loss`; the others' metrics are logged as `<slot>/<metric>`.
+        base_losses, other_losses, slot_metrics = [], [], defaultdict(list)
+        counts = dict.fromkeys(self.mix.names, 0)
         tokens, flops = 0, 0.0
-        name = "next_token"
         for micro in range(t.grad_accum):
             u, gen_seed = runtime.micro_seeds(self.cfg.seed, c.step, micro)
-            name = "meta" if "meta" in self.kinds and u < self.cfg.meta.hybrid_ratio else "next_token"
+            name, kind = self.mix.draw(u)
             # Every rank draws the same kind; each samples its own episode (distributed.episode_seed).
             gen = torch.Generator().manual_seed(distributed.episode_seed(gen_seed, self.dist.rank))
-            with self.dist.micro_step(final=micro == t.grad_accum - 1, kind=name):
-                out = self.kinds[name].run(scale=1.0 / t.grad_accum, gen=gen)
+            with self.dist.micro_step(final=micro == t.grad_accum - 1, kind=kind):
+                out = kind.run(scale=1.0 / t.grad_accum, gen=gen)
             counts[name] += 1
             tokens += int(out.tokens)
             flops += float(out.flops)
-            (nt_losses if name == "next_token" else other_losses).append(float(out.loss))
-            if name == "meta":
-                for key, value in out.metrics.items():
-                    meta_metrics[key if key.startswith("meta/") else f"meta/{key}"].append(float(value))
-        self.dist.sync_grads(self.model_params, self.extra_params, last_kind=name)
+            (base_losses if name == self.mix.base else other_losses).append(float(out.loss))
+            for key, value in out.metrics.items():
+                slot_metrics[key if key.startswith(f"{name}/") else f"{name}/{key}"].append(float(value))
+        self.dist.sync_grads(self.model_params, self.extra_params, last_kind=kind)
         if self.dist.active:  # global tokens and FLOPs, rank-averaged losses and metrics: one all-reduce
-            keys = sorted(meta_metrics)
-            flat = nt_losses + other_losses + [v for k in keys for v in meta_metrics[k]]
+            keys = sorted(slot_metrics)
+            flat = base_losses + other_losses + [v for k in keys for v in slot_metrics[k]]
             (tokens, flops), flat = self.dist.reduce_scalars([tokens, flops], flat)
             tokens = int(round(tokens))
-            nt_losses, flat = flat[:len(nt_losses)], flat[len(nt_losses):]
+            base_losses, flat = flat[:len(base_losses)], flat[len(base_losses):]
             other_losses, flat = flat[:len(other_losses)], flat[len(other_losses):]
             for k in keys:
-                n = len(meta_metrics[k])
-                meta_metrics[k], flat = flat[:n], flat[n:]
+                n = len(slot_metrics[k])
+                slot_metrics[k], flat = flat[:n], flat[n:]
         grad_norm = self.dist.clip_grad_norm(self.params, t.grad_clip or math.inf)
-        finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in nt_losses + other_losses)
+        finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in base_losses + other_losses)
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -299,12 +296,12 @@ class Trainer:
         c.flops += flops
         self._window["tokens"] += tokens
         self._window["seconds"] += seconds
-        fields = {"lr": lr, "grad_norm": grad_norm, "n_next_token": counts["next_token"], "n_meta": counts["meta"]}
-        if nt_losses:
-            fields["loss"] = sum(nt_losses) / len(nt_losses)
-        fields.update({k: sum(v) / len(v) for k, v in sorted(meta_metrics.items())})
+        fields = {"lr": lr, "grad_norm": grad_norm, **{f"n_{n}": counts[n] for n in self.mix.names}}
+        if base_losses:
+            fields["loss"] = sum(base_losses) / len(base_losses)
+        fields.update({k: sum(v) / len(v) for k, v in sorted(slot_metrics.items())})
         if not finite:
-            self._nonfinite(fields, nt_losses + other_losses)
+            self._nonfinite(fields, base_losses + other_losses)
         return fields
 
     def _nonfinite(self, fields: dict, losses: list[float]) -> None:
@@ -398,7 +395,7 @@ def _progress_line(fields: dict) -> str:
 
 
 def _last_eval(metrics_path: Path) -> float | None:
-    from metapretrain.train.metrics import read_records
+    from metapretrain.metrics_log import read_records
 
     evals = [r for r in read_records(metrics_path) if r["kind"] == "eval"]
     return evals[-1]["val_loss"] if evals else None

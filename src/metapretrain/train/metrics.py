@@ -1,7 +1,8 @@
 """Training metrics: `metrics.jsonl` (the source of truth) and an optional Weights & Biases mirror.
 
 Every record has `kind`, `step`, `tokens`, `flops`, `wall` (docs/architecture.md).
-Non-finite floats are written as null so every line is strict JSON.
+Non-finite floats are written as null so every line is strict JSON. Readers use
+`metapretrain.metrics_log.read_records`.
 """
 
 from __future__ import annotations
@@ -14,27 +15,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from metapretrain.io import InputError, atomic_write_text, read_jsonl
+from metapretrain.io import atomic_write_text
+from metapretrain.metrics_log import read_records
 
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a kill mid-write) is dropped, any other bad
-    line is an InputError naming file:line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for n, rec in read_jsonl(path):
-        if not isinstance(rec, dict):
-            raise InputError(path, f"expected a JSON object, got {type(rec).__name__}", n)
-        out.append(rec)
-    return out
 
 
 class MetricsWriter:
@@ -48,7 +36,7 @@ class MetricsWriter:
     def truncate_to(self, step: int | None) -> list[dict]:
         """Keep the records with step <= `step` (None: none), rewriting the file atomically; returns them."""
         self.close()
-        kept = [] if step is None else [r for r in read_records(self.path) if r.get("step", 0) <= step]
+        kept = [] if step is None else [r for r in read_records(self.path) if r["step"] <= step]
         if kept or self.path.exists():
             atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         return kept

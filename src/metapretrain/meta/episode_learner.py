@@ -17,19 +17,26 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 class EpisodicLearner(StepKind):
-    """Base of the learners that adapt on SMLMT episodes through the episode head."""
+    """Base of the learners that adapt on SMLMT episodes through the episode head.
+
+    Episodes come from the training data (`ctx.data`: its tokens, the tokenizer's [MASK] id, the tokenizer
+    for word classes), one per process; features go through the root module's forward, which FSDP gathers.
+    """
+
+    needs = ("data",)
+    supports_fsdp = True
+    samples_per_rank = True
 
     def __init__(self, ctx: StepContext) -> None:
         super().__init__(ctx)
         meta = ctx.cfg.meta
         self.meta = meta
-        if ctx.shard is None:
-            raise ValueError(f"meta.learner={meta.learner} samples episodes from the training shard, but none was given")
-        if "mask" not in ctx.special_tokens:
-            raise ValueError(f"meta.learner={meta.learner} needs the tokenizer's [MASK] id in StepContext.special_tokens")
+        special = ctx.data.special_tokens
+        if "mask" not in special:
+            raise ValueError(f"meta.learner={meta.learner} needs the tokenizer's [MASK] id in TrainingData.special_tokens")
         builder_cls = episode_builder(meta.episode.builder)
-        self.builder = builder_cls(ctx.shard, meta.episode, ctx.special_tokens["mask"],
-                                   ctx.special_tokens.get("eos"), ctx.tokenizer_path)
+        self.builder = builder_cls(ctx.data.tokens, meta.episode, special["mask"], special.get("eos"),
+                                   ctx.data.tokenizer_path)
         self.backbone = ctx.raw_model
         output_init = meta.head.output_init
         self.head = EpisodeHead(self.backbone.cfg.d_model, meta.episode.n_way, meta.head.layers,
