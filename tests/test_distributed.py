@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
+from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import distributed
 from metapretrain.train.batches import TokenBatches
 from metapretrain.train.metrics import read_records

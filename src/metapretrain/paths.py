@@ -36,6 +36,11 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_run(checkpoint: str | Path) -> Path:
+    """RUN for a checkpoint directory `RUN/pretrain/checkpoints/step_*`."""
+    return Path(checkpoint).resolve().parents[2]
+
+
 def metrics_file(run: str | Path) -> Path:
     return pretrain_dir(run) / "metrics.jsonl"
 
@@ -50,6 +55,16 @@ def finetune_dir(run: str | Path, train_set: str, regime: str) -> Path:
 
 def dynamics_dir(run: str | Path) -> Path:
     return Path(run) / "dynamics"
+
+
+def done_file(stage_dir: str | Path) -> Path:
+    """A stage's completion marker, written last (metapretrain.io.write_done)."""
+    return Path(stage_dir) / "done.json"
+
+
+def tokenizer_file(stage_dir: str | Path) -> Path:
+    """`tokenize/<id>/tokenizer.json`, and the run's copy `RUN/pretrain/tokenizer.json`."""
+    return Path(stage_dir) / "tokenizer.json"
 
 
 def log_file(run: str | Path, stage: str) -> Path:
