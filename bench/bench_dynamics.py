@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metapretrain.checkpoint import save_checkpoint
 from metapretrain.config.load import run_config_from_dict, write_run_config
 from metapretrain.model import Decoder
-from metapretrain.train.checkpoint import save_checkpoint
 
 TOKENIZER_VOCAB = 8192  # for presets whose vocabulary is the tokenizer's (micro, mini)
 
@@ -63,20 +63,20 @@ def build_run(root: Path, preset: str, n_checkpoints: int, device: str) -> tuple
 
 def breakdown(run_dir: Path, tok: Path) -> dict:
     """Seconds of each part of one checkpoint's work (the final checkpoint, CKA against itself)."""
+    from metapretrain.checkpoint import final_checkpoint, load_model
     from metapretrain.config import load_run_config
+    from metapretrain.device import resolve_device
     from metapretrain.dynamics.episodic import read_train_log
-    from metapretrain.dynamics.probe import RESIDUAL, probe_batch, run_probe
+    from metapretrain.dynamics.probe_pass import RESIDUAL, probe_batch, run_probe
     from metapretrain.dynamics.registry import get_metrics
-    from metapretrain.dynamics.stage import resolve_device
-    from metapretrain.train.checkpoint import list_checkpoints, load_model
 
     cfg = load_run_config(run_dir / "config.resolved.yaml")
-    device = resolve_device(cfg.dynamics.device)
+    device = resolve_device(cfg.dynamics.device, "dynamics.device")
     batch = probe_batch(tok, cfg.dynamics.probe_batch_size, cfg.train.seq_len, cfg.seed)
-    info = list_checkpoints(run_dir)[-1]
+    info = final_checkpoint(run_dir)
     out = {}
     t = time.perf_counter()
-    model, _ = load_model(info.path, device=device)
+    model = load_model(info, device=device)
     out["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     data = run_probe(model, batch, step=info.step, activations=True, attention=True, gradients=True)

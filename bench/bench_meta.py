@@ -143,10 +143,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--child", nargs=2, metavar=("PRESET", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.device == "auto":
-        import torch
+    from metapretrain.device import resolve_device
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device, "--device").type
     if args.repeats is None:
         args.repeats = 5 if args.device == "cuda" else 1
     if args.child:

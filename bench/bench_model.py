@@ -33,9 +33,9 @@ from statistics import median_high
 
 import torch
 
+from metapretrain.device import resolve_device, use_fused
 from metapretrain.model import PRESETS, ModelConfig
 from metapretrain.model.decoder import Decoder
-from metapretrain.train.optim import use_fused
 
 # (batch, seq_len) per preset: the CPU presets at the demo's shapes, the paper presets at their context.
 SHAPES = {"micro": (8, 128), "mini": (8, 256), "tiny": (4, 512), "small": (8, 2048), "medium": (4, 2048),
@@ -95,7 +95,7 @@ class Runner:
 
 
 def ours_loss(model):
-    """How the training loop computes it (`train.steps.next_token_loss`): the fused head + loss."""
+    """How the training loop computes it (`model.loss.next_token_loss`): the fused head + loss."""
     return lambda b: model(b[:, :-1], output="loss", targets=b[:, 1:])
 
 
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile runs (they cost minutes of compilation on a cold cache)")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device, "--device")
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -192,13 +192,13 @@ def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 def _resign(ckpt_dir: Path) -> None:
     """Rewrite a checkpoint's manifest over its current files, as a tampering tool would."""
+    from metapretrain.checkpoint import manifest_digest
     from metapretrain.io import read_json, sha256_file, write_json
-    from metapretrain.train.checkpoint import _manifest_digest
 
     manifest = read_json(ckpt_dir / "manifest.json")
     manifest.pop("sha256", None)
     manifest["files"] = {name: sha256_file(ckpt_dir / name) for name in manifest["files"]}
-    write_json(ckpt_dir / "manifest.json", manifest | {"sha256": _manifest_digest(manifest)})
+    write_json(ckpt_dir / "manifest.json", manifest | {"sha256": manifest_digest(manifest)})
 
 
 class _Payload:

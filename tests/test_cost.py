@@ -80,7 +80,7 @@ def test_several_processes_sample_an_episode_each_and_fsdp_doubles_the_checkpoin
 
 def test_checkpoint_and_export_bytes_match_a_real_run(tmp_path, synthetic_tokenized):
     """The byte model against the files a real pretrain writes (fp32 weights, AdamW state, HF export)."""
-    from metapretrain.train.checkpoint import list_checkpoints
+    from metapretrain.checkpoint import list_checkpoints
     from metapretrain.train.stage import train_run
 
     vocab = json.loads((synthetic_tokenized / "manifest.json").read_text())["vocab_size"]

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
+from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.metrics_log import read_records
-from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import distributed
 from metapretrain.train.batches import TokenBatches
 

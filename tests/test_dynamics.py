@@ -121,7 +121,7 @@ def test_scores_match_the_sdpa_forward_with_rope():
 def test_head_entropy_metric_reads_the_real_attention_input():
     """The metric's layer-0 entropies equal a naive softmax(QKᵀ) on attn_norm(embed(ids)) with RoPE."""
     from metapretrain.dynamics.entropy import head_entropy_metric
-    from metapretrain.dynamics.probe import run_probe
+    from metapretrain.dynamics.probe_pass import run_probe
 
     model = _tiny_model(init_std=0.5)  # large weights: peaked attention that depends on its input
     batch = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(2))
@@ -147,7 +147,7 @@ def test_head_entropy_metric_reads_the_real_attention_input():
 # --- probe pass: real gradients, activations ---------------------------------------------------------------------
 
 def test_gradients_are_of_the_real_next_token_loss():
-    from metapretrain.dynamics.probe import COMPONENTS, run_probe
+    from metapretrain.dynamics.probe_pass import COMPONENTS, run_probe
     from metapretrain.dynamics.rank import effective_rank_metric
 
     model = _tiny_model()
@@ -172,7 +172,7 @@ def test_gradients_are_of_the_real_next_token_loss():
 
 
 def test_effective_rank_metric_rows_cover_every_layer_component_and_source():
-    from metapretrain.dynamics.probe import COMPONENTS, run_probe
+    from metapretrain.dynamics.probe_pass import COMPONENTS, run_probe
     from metapretrain.dynamics.rank import effective_rank_metric
 
     model = _tiny_model()
@@ -302,8 +302,8 @@ STEPS_SAVED = (0, 10, 20)
 
 def _make_run(root, metrics=None, seq_len=16, meta=True, tok=None):
     """A run directory with 3 checkpoints of a tiny model, a val shard (or `tok`), metrics.jsonl and run.json."""
+    from metapretrain.checkpoint import save_checkpoint
     from metapretrain.config.load import run_config_from_dict, write_run_config
-    from metapretrain.train.checkpoint import save_checkpoint
 
     dyn = {"probe_batch_size": 3, "smoothing": 1}
     if metrics is not None:
@@ -352,7 +352,7 @@ def _read(path):
 
 
 def test_probe_batch_is_fixed_by_the_seed(tmp_path):
-    from metapretrain.dynamics.probe import probe_batch
+    from metapretrain.dynamics.probe_pass import probe_batch
 
     _, tok = _make_run(tmp_path)
     a, b = probe_batch(tok, 3, 16, seed=7), probe_batch(tok, 3, 16, seed=7)

@@ -34,11 +34,11 @@ import pytest
 import torch
 
 from conftest import write_run_dir
+from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.overrides import deep_merge
 from metapretrain.io import done_is_valid
 from metapretrain.metrics_log import read_records
-from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.stage import train_run
@@ -302,7 +302,7 @@ def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, tok,
         damage(d / name, rng)
         with pytest.raises(ckpt.CheckpointError, match=str(d)):
             ckpt.verify_checkpoint(d)
-    caplog.set_level("WARNING", logger="metapretrain.train.checkpoint")
+    caplog.set_level("WARNING", logger="metapretrain.checkpoint.reader")
     assert ckpt.latest_checkpoint(run).step == 6 - depth  # the previous complete one
     train_run(str(run), str(tok))
     warned = caplog.text + capsys.readouterr().out
@@ -363,7 +363,7 @@ def test_disk_full_on_a_real_file_system(small_fs, tok, reference):
     assert not step3.exists() and debris(run) == []  # nothing half-written left behind
     last = ckpt.latest_checkpoint(run)
     assert last.step == 2
-    model, _ = ckpt.load_model(last.path)
+    model = ckpt.load_model(last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert weight_files(run)["step_00000002"] == weight_files(reference)["step_00000002"]
     filler.unlink()
@@ -389,7 +389,7 @@ def test_disk_full_injected_enospc(tmp_path, tok, monkeypatch):
     assert str(exc.value).startswith(f"{step3}: cannot write the checkpoint (disk full")
     assert not step3.exists() and debris(run) == []
     assert ckpt.latest_checkpoint(run).step == 2
-    ckpt.load_model(ckpt.latest_checkpoint(run).path)
+    ckpt.load_model(ckpt.latest_checkpoint(run))
     monkeypatch.setattr(torch, "save", real_save)
     train_run(str(run), str(tok))
     assert [c.step for c in ckpt.list_checkpoints(run, verify=True)] == [0, 1, 2, 3, 4, 5]

@@ -63,10 +63,10 @@ def test_score_equals_seqeval_strict_iob2():
 def make_run(run_dir: Path, data_root: Path, *, vocab: int = 600, d_model: int = 32, finetune: dict | None = None,
              lines: int = 600) -> Path:
     """A run directory with a real (randomly initialised) checkpoint, its tokenizer and config."""
+    from metapretrain.checkpoint import save_checkpoint
     from metapretrain.config.load import run_config_from_dict, write_run_config
     from metapretrain.data.tokenizer import train_bpe
     from metapretrain.model import Decoder
-    from metapretrain.train.checkpoint import save_checkpoint
 
     text = []
     for name in ("ud-train_Danish-DDT.txt", "ud-train_English-EWT.txt"):
@@ -104,10 +104,10 @@ def danish(data_root: Path, split: str, n: int) -> list[Sentence]:
 
 
 def classifier(run_dir: Path, head_type: str = "linear"):
+    from metapretrain.checkpoint import final_checkpoint, load_model
     from metapretrain.data.tokenizer import load_tokenizer
-    from metapretrain.train.checkpoint import final_checkpoint, load_model
 
-    backbone, _ = load_model(final_checkpoint(run_dir).path)
+    backbone = load_model(final_checkpoint(run_dir))
     torch.manual_seed(1)
     clf = TokenClassifier(backbone, len(label_names(["PER", "ORG", "LOC"])), head_type)
     return clf, WordEncoder(load_tokenizer(run_dir / "pretrain" / "tokenizer.json"))

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from metapretrain import checkpoint as ckpt
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.model import ModelConfig
 from metapretrain.model.decoder import Decoder
-from metapretrain.train import checkpoint as ckpt
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,7 +58,7 @@ def _tokenizer(path):
 
 
 def test_export_folder_loads_with_auto_classes(tmp_path):
-    from metapretrain.model.hf import main
+    from metapretrain.checkpoint.export import main
 
     run, info, model = _checkpoint(tmp_path)
     (run / "pretrain").mkdir(exist_ok=True)
@@ -84,7 +84,7 @@ def test_export_folder_loads_with_auto_classes(tmp_path):
 
 
 def test_export_of_a_damaged_checkpoint_fails_clearly(tmp_path, capsys):
-    from metapretrain.model.hf import main
+    from metapretrain.checkpoint.export import main
 
     _, info, _ = _checkpoint(tmp_path)
     (info.path / "model.safetensors").write_bytes(b"garbage")

@@ -426,9 +426,9 @@ def _make_run(root, name: str):
 
 @pytest.mark.slow
 def test_fomaml_run_resumes_bit_identically_after_a_crash(tmp_path, tokenized_dir, monkeypatch):
+    from metapretrain import checkpoint as ckpt
     from metapretrain import paths
     from metapretrain.metrics_log import read_records
-    from metapretrain.train import checkpoint as ckpt
     from metapretrain.train import loop as loop_mod
     from metapretrain.train.stage import train_run
 
@@ -493,7 +493,7 @@ def test_hybrid_fomaml_learns_episodes_above_chance(tokenized_dir):
     all-Xavier head this tiny model stays at chance over the same budget.
     """
     from metapretrain.data.shards import open_split, read_manifest
-    from metapretrain.train.steps import next_token_loss
+    from metapretrain.model.loss import next_token_loss
 
     shard = open_split(tokenized_dir, "train")
     special = read_manifest(tokenized_dir)["special_tokens"]

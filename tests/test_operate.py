@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from metapretrain.train import checkpoint as ckpt
-from metapretrain.train.metrics import stable_run_id
+from metapretrain import checkpoint as ckpt
+from metapretrain.wandb_run import stable_run_id
 from test_train import _CHILD, make_run, records, tok_dir  # noqa: F401  (tok_dir is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]

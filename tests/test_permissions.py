@@ -18,12 +18,12 @@ def outputs_by_umask(tmp_path_factory):
     import numpy as np
     import torch
 
+    from metapretrain import checkpoint as ckpt
+    from metapretrain.checkpoint.export import export_checkpoint
     from metapretrain.config.load import run_config_from_dict
     from metapretrain.data.tokenize_stage import tokenize
     from metapretrain.io import write_json
     from metapretrain.model.decoder import Decoder
-    from metapretrain.model.hf import export_checkpoint
-    from metapretrain.train import checkpoint as ckpt
 
     cfg = run_config_from_dict({"model": {"preset": "micro", "d_model": 32, "n_layers": 1, "n_heads": 4, "n_kv_heads": 2,
                                           "ffn_hidden": 64, "max_seq_len": 128},

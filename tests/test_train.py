@@ -15,20 +15,22 @@ import pytest
 import torch
 
 from conftest import write_run_dir
+from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.config.overrides import deep_merge
+from metapretrain.device import use_fused
 from metapretrain.launch import preemption
 from metapretrain.metrics_log import read_records
-from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.batches import DataTooSmallError, TokenBatches, fixed_batches
-from metapretrain.train.metrics import MetricsWriter, stable_run_id, wandb_mode
-from metapretrain.train.optim import param_groups, use_fused
+from metapretrain.train.metrics import MetricsWriter
+from metapretrain.train.optim import param_groups
 from metapretrain.train.runtime import micro_seeds
 from metapretrain.train.schedule import Schedule, decay_steps_for
 from metapretrain.train.stage import train_run
+from metapretrain.wandb_run import stable_run_id, wandb_mode
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("metapretrain.data.data_cli", "check and download the data an experiment reads (UNER, corpus)"),
     "tokenize": ("metapretrain.data.tokenize_stage", "train/load the tokenizer and write token shards"),
     "pretrain": ("metapretrain.train.stage", "pretrain one run (vanilla or meta), resumable"),
-    "export": ("metapretrain.model.hf", "export a checkpoint to a Hugging Face LlamaForCausalLM folder"),
+    "export": ("metapretrain.checkpoint.export", "export a checkpoint to a Hugging Face LlamaForCausalLM folder"),
     "uner": ("metapretrain.data.uner_cli", "inspect Universal NER files (stats)"),
     "finetune": ("metapretrain.finetune.stage", "fine-tune a pretrained run on UNER and evaluate on every test set"),
     "ner-table": ("metapretrain.finetune.table", "collect all fine-tuning results of an experiment into one table"),

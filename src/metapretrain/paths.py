@@ -64,6 +64,11 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_run(checkpoint: str | Path) -> Path:
+    """RUN for a checkpoint directory `RUN/pretrain/checkpoints/step_*`."""
+    return Path(checkpoint).resolve().parents[2]
+
+
 def metrics_file(run: str | Path) -> Path:
     return pretrain_dir(run) / "metrics.jsonl"
 

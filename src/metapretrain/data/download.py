@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from metapretrain.io import sha256_file
+
 if TYPE_CHECKING:
     from metapretrain.data.catalogue import Remote
 
@@ -41,17 +43,9 @@ def git_blob_id(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check(path: Path, sha256: str | None, git_blob: str | None) -> str | None:
     """None when the file matches every given checksum, else a description of the mismatch."""
-    if sha256 and (got := _sha256(path)) != sha256:
+    if sha256 and (got := sha256_file(path)) != sha256:
         return f"sha256 {got} != expected {sha256}"
     if git_blob and (got := git_blob_id(path)) != git_blob:
         return f"git blob {got} != expected {git_blob}"

@@ -29,7 +29,7 @@ def linear_cka(x, y) -> float:
 @register_metric("cka", needs={"activations", "reference"})
 def cka_metric(ctx) -> list[Row]:
     """Linear CKA of each layer's residual stream with the final checkpoint's on the probe batch."""
-    from metapretrain.dynamics.probe import RESIDUAL
+    from metapretrain.dynamics.probe_pass import RESIDUAL
 
     if ctx.reference is None:
         raise RuntimeError("cka needs the final checkpoint's activations (the stage computes them first)")

@@ -14,7 +14,7 @@ def weight_norm_metric(ctx) -> list[Row]:
     """Frobenius norm of each weight matrix."""
     import torch
 
-    from metapretrain.dynamics.probe import COMPONENTS
+    from metapretrain.dynamics.probe_pass import COMPONENTS
 
     rows: list[Row] = []
     with torch.no_grad():

@@ -57,7 +57,7 @@ def effective_rank_metric(ctx) -> list[Row]:
     """ER and PER of every projection's weight, gradient and output, and of the residual stream, per layer."""
     import torch
 
-    from metapretrain.dynamics.probe import COMPONENTS, RESIDUAL
+    from metapretrain.dynamics.probe_pass import COMPONENTS, RESIDUAL
 
     rows: list[Row] = []
     layers = range(ctx.n_layers)

@@ -1,7 +1,7 @@
 """Dynamics metrics registered by name: `@register_metric("name", needs={...})`.
 
 A metric is a function `fn(ctx) -> list[Row]` that reads a checkpoint's
-probe pass (`metapretrain.dynamics.probe.CheckpointData`) and returns tidy
+probe pass (`metapretrain.dynamics.probe_pass.CheckpointData`) and returns tidy
 rows. `needs` says what the probe pass must collect, so one forward and one
 backward per checkpoint serve every requested metric:
 

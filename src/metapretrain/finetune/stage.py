@@ -10,6 +10,9 @@ for early stopping). Test sets are discovered in `finetune.data_dir`, so a
 test-only treebank dropped there is evaluated with no config change.
 Evaluation subsets (`finetune.max_eval_sentences`) are drawn with a fixed seed,
 so every run is scored on the same sentences.
+
+`finetune_run` goes through its steps in order: `read_data`, `build_classifier`,
+`train_classifier`, `evaluate`, `write_outputs`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,18 @@ import json
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from metapretrain import paths
+from metapretrain import paths, stages
 from metapretrain.io import done_is_valid, done_problem
+
+if TYPE_CHECKING:
+    import torch
+
+    from metapretrain.finetune.data import WordEncoder
+    from metapretrain.finetune.model import TokenClassifier
 
 RESULT_COLUMNS = ["pretrain_run", "method_axes", "train_set", "regime", "eval_set", "eval_split", "eval_kind",
                   "metric", "value"]
@@ -47,52 +58,82 @@ def _run_identity(run_dir: Path) -> tuple[str, dict]:
     return rec.run_id if rec.run_id is not None else run_dir.name, dict(rec.axes)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("finetune.device is 'cuda' but no CUDA device is visible")
-    return name
-
-
 def eval_kind(eval_set: str, splits: dict, trained_on: set[str]) -> str:
     if set(splits) == {"test"}:
         return "test_only"
     return "in_language" if eval_set in trained_on else "cross_lingual"
 
 
+@dataclass
+class FinetuneData:
+    """The sentences one job trains, early-stops and is tested on, read from `finetune.data_dir`."""
+
+    uner_dir: Path
+    treebanks: dict[str, dict[str, Path]]  # every treebank found: {split: file}
+    sources: list[str]  # the treebanks trained on
+    extra: dict[str, Path]  # `finetune.extra_train` files
+    train: list
+    dev: list
+    tests: dict[str, list]
+    report: dict[str, dict]  # per "treebank/split": sentences, repairs, tags mapped to O
+
+
+@dataclass
+class Classifier:
+    """The token classifier on the run's final checkpoint, and how sentences become its batches."""
+
+    clf: TokenClassifier
+    encoder: WordEncoder
+    names: list[str]
+    max_len: int
+    device: torch.device
+    checkpoint_step: int
+
+    def source(self, sents: list, batch_size: int, cache: bool):
+        from metapretrain.finetune.data import encode
+        from metapretrain.finetune.train import FeatureSource
+
+        label2id = {n: i for i, n in enumerate(self.names)}
+        return FeatureSource(self.clf, encode(sents, self.encoder, label2id, self.max_len), pad_id=self.encoder.eos,
+                             device=self.device, batch_size=batch_size, cache=cache)
+
+
 def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     """Fine-tune and evaluate; returns the output directory. Returns at once when it is already done."""
-    import torch
-
     from metapretrain.config import load_run_config
-    from metapretrain.data.location import locate_data, resolve
-    from metapretrain.data.tokenizer import load_tokenizer
-    from metapretrain.data.uner import discover, read_file
-    from metapretrain.finetune.data import WordEncoder, encode, label_names
-    from metapretrain.finetune.evaluate import score
-    from metapretrain.finetune.model import TokenClassifier
-    from metapretrain.finetune.train import FeatureSource, fit, predict
-    from metapretrain.io import atomic_write_text, write_done
-    from metapretrain.progress import Progress
-    from metapretrain.train.checkpoint import final_checkpoint, load_model
+    from metapretrain.device import resolve_device
 
     run_dir_p = Path(run_dir)
     out = paths.finetune_dir(run_dir_p, train_set, regime)
-    if (out / "done.json").is_file():
+    if paths.done_file(out).is_file():
         problem = done_problem(out, "finetune")
         if problem is None:
-            print(f"finetune {train_set}~{regime}: already done ({out / 'done.json'})", flush=True)
+            print(f"finetune {train_set}~{regime}: already done ({paths.done_file(out)})", flush=True)
             return str(out)
         print(f"warning: finetune {train_set}~{regime}: {problem}; fine-tuning again", flush=True)
     if regime not in ("head", "full"):
         raise ValueError(f"regime must be 'head' or 'full', got {regime!r}")
     cfg = load_run_config(paths.resolved_config(run_dir_p))
-    ft = cfg.finetune
     run_id, axes = _run_identity(run_dir_p)
+    data = read_data(cfg, train_set)
+    print(f"finetune {train_set}~{regime}: {len(data.train)} train, {len(data.dev)} dev sentences, "
+          f"{len(data.tests)} test sets; {sum(r['repairs'] for r in data.report.values())} invalid I- tags "
+          f"repaired ({cfg.finetune.invalid_transition})", flush=True)
+    model = build_classifier(cfg, run_dir_p, resolve_device(cfg.finetune.device, "finetune.device"))
+    out.mkdir(parents=True, exist_ok=True)
+    result, dev_src = train_classifier(model, data, cfg, train_set, regime, out)
+    rows = evaluate(model, data, dev_src, cfg.finetune, train_set, regime, run_id, json.dumps(axes, sort_keys=True))
+    write_outputs(out, run_id, data, model, result, rows, cfg.finetune, train_set, regime)
+    _log_wandb(cfg, run_dir_p, run_id, train_set, regime, result.history, rows)
+    return str(out)
 
+
+def read_data(cfg, train_set: str) -> FinetuneData:
+    """Discover the UNER treebanks and read (and cap) the train, dev and test sentences of one job."""
+    from metapretrain.data.location import locate_data, resolve
+    from metapretrain.data.uner import discover, read_file
+
+    ft = cfg.finetune
     # The root the DAG's first rule checked (and, for the download cache, filled); never downloads here.
     location = locate_data(cfg)
     root = location.root
@@ -100,8 +141,8 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
             if location.fetchable else "")
     uner_dir = resolve(ft.data_dir, root)
     # `finetune.extra_train` ({treebank: file}, e.g. the unofficial English-EWT train stand-in) is the only
-    # way such a file is used; configs from before the key existed have none.
-    extra = {tb: resolve(p, root) for tb, p in (getattr(ft, "extra_train", None) or {}).items()}
+    # way such a file is used.
+    extra = {tb: resolve(p, root) for tb, p in ft.extra_train.items()}
     try:
         treebanks = discover(uner_dir, extra_train=extra)
     except FileNotFoundError as exc:
@@ -117,78 +158,101 @@ def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
     if not sources:
         raise ValueError(f"{uner_dir}: no treebank has a train split")
 
-    data_report: dict[str, dict] = {}
+    report: dict[str, dict] = {}
 
     def read(tb: str, split: str):
         sents, rep = read_file(treebanks[tb][split], ft.labels, ft.invalid_transition)
-        data_report[f"{tb}/{split}"] = {"sentences": rep.sentences, "repairs": len(rep.repairs),
-                                        "mapped_to_O": dict(rep.mapped_to_o)}
+        report[f"{tb}/{split}"] = {"sentences": rep.sentences, "repairs": len(rep.repairs),
+                                   "mapped_to_O": dict(rep.mapped_to_o)}
         return sents
 
-    train_sents = _sample([s for tb in sources for s in read(tb, "train")], ft.max_train_sentences, cfg.seed)
-    dev_sents = _sample([s for tb in sources if "dev" in treebanks[tb] for s in read(tb, "dev")],
-                        ft.max_eval_sentences, EVAL_SAMPLE_SEED)
+    train = _sample([s for tb in sources for s in read(tb, "train")], ft.max_train_sentences, cfg.seed)
+    dev = _sample([s for tb in sources if "dev" in treebanks[tb] for s in read(tb, "dev")],
+                  ft.max_eval_sentences, EVAL_SAMPLE_SEED)
     tests = {tb: _sample(read(tb, "test"), ft.max_eval_sentences, EVAL_SAMPLE_SEED)
              for tb, s in treebanks.items() if "test" in s}
-    repairs = sum(r["repairs"] for r in data_report.values())
-    print(f"finetune {train_set}~{regime}: {len(train_sents)} train, {len(dev_sents)} dev sentences, "
-          f"{len(tests)} test sets; {repairs} invalid I- tags repaired ({ft.invalid_transition})", flush=True)
+    return FinetuneData(uner_dir, treebanks, sources, extra, train, dev, tests, report)
 
-    device = _device(ft.device)
-    ckpt = final_checkpoint(run_dir_p)
-    backbone, _ = load_model(ckpt.path, device=device)
-    tokenizer = load_tokenizer(paths.pretrain_dir(run_dir_p) / "tokenizer.json")
+
+def build_classifier(cfg, run_dir: Path, device: torch.device) -> Classifier:
+    """A TokenClassifier (`finetune.head_type`) on the run's final checkpoint, seeded by the run seed."""
+    import torch
+
+    from metapretrain.checkpoint import final_checkpoint, load_model
+    from metapretrain.data.tokenizer import load_tokenizer
+    from metapretrain.finetune.data import WordEncoder, label_names
+    from metapretrain.finetune.model import TokenClassifier
+
+    ft = cfg.finetune
+    ckpt = final_checkpoint(run_dir)
+    backbone = load_model(ckpt, device=device)
+    tokenizer = load_tokenizer(paths.tokenizer_file(paths.pretrain_dir(run_dir)))
     names = label_names(ft.labels)
-    label2id = {n: i for i, n in enumerate(names)}
     torch.manual_seed(cfg.seed)
     clf = TokenClassifier(backbone, len(names), ft.head_type).to(device)
-    encoder = WordEncoder(tokenizer)
-    max_len = min(ft.max_length, backbone.cfg.max_seq_len)
+    return Classifier(clf, WordEncoder(tokenizer), names, min(ft.max_length, backbone.cfg.max_seq_len), device,
+                      ckpt.step)
 
-    def source(sents):
-        return FeatureSource(clf, encode(sents, encoder, label2id, max_len), pad_id=encoder.eos, device=device,
-                             batch_size=ft.batch_size, cache=regime == "head")
 
-    train_src = source(train_sents)
-    dev_src = source(dev_sents) if dev_sents else None
+def train_classifier(model: Classifier, data: FinetuneData, cfg, train_set: str, regime: str, out: Path):
+    """Fit on the train sentences with early stopping on dev, resumable through `out/train_state.pt`;
+    returns (the fit result, the dev batches or None)."""
+    from metapretrain.finetune.train import fit
+    from metapretrain.progress import Progress
+
+    ft = cfg.finetune
+    train_src = model.source(data.train, ft.batch_size, cache=regime == "head")
+    dev_src = model.source(data.dev, ft.batch_size, cache=regime == "head") if data.dev else None
     n_batches = (sum(1 for x in train_src.items if x.starts) + ft.batch_size - 1) // ft.batch_size
-    out.mkdir(parents=True, exist_ok=True)
     with Progress(f"finetune {train_set}~{regime}", total=ft.epochs * n_batches, unit="batches") as bar:
-        result = fit(clf, train_src, dev_src, names, regime=regime, epochs=ft.epochs, batch_size=ft.batch_size,
-                     lr=ft.lr, head_lr=ft.head_lr, weight_decay=ft.weight_decay, patience=ft.patience,
-                     seed=cfg.seed, state_path=out / STATE_FILE, progress=bar)
+        result = fit(model.clf, train_src, dev_src, model.names, regime=regime, epochs=ft.epochs,
+                     batch_size=ft.batch_size, lr=ft.lr, head_lr=ft.head_lr, weight_decay=ft.weight_decay,
+                     patience=ft.patience, seed=cfg.seed, state_path=out / STATE_FILE, progress=bar)
+    return result, dev_src
 
-    trained_on = set(sources)
-    method_axes = json.dumps(axes, sort_keys=True)
+
+def evaluate(model: Classifier, data: FinetuneData, dev_src, ft, train_set: str, regime: str, run_id: str,
+             method_axes: str) -> list[list]:
+    """Score dev (in language) and every test set; returns the rows of results.csv (RESULT_COLUMNS)."""
+    from metapretrain.finetune.evaluate import score
+    from metapretrain.finetune.train import predict
+
+    trained_on = set(data.sources)
     rows = []
     evals = ([(train_set, "dev", "in_language", dev_src)] if dev_src is not None else [])
-    evals += [(tb, "test", eval_kind(tb, treebanks[tb], trained_on), None) for tb in tests]
+    evals += [(tb, "test", eval_kind(tb, data.treebanks[tb], trained_on), None) for tb in data.tests]
     for eval_set, split, kind, src in evals:
-        src = src or source(tests[eval_set])
-        metrics = score([list(x.gold) for x in src.items], predict(clf, src, names, ft.batch_size), ft.labels)
+        src = src or model.source(data.tests[eval_set], ft.batch_size, cache=regime == "head")
+        metrics = score([list(x.gold) for x in src.items], predict(model.clf, src, model.names, ft.batch_size),
+                        ft.labels)
         for metric, value in metrics.items():
             rows.append([run_id, method_axes, train_set, regime, eval_set, split, kind, metric, value])
         if split == "test":
             print(f"  {eval_set:<22} {kind:<13} micro-F1 {metrics['micro_f1']:.4f}", flush=True)
+    return rows
+
+
+def write_outputs(out: Path, run_id: str, data: FinetuneData, model: Classifier, result, rows: list[list], ft,
+                  train_set: str, regime: str) -> None:
+    """results.csv, history.csv, then done.json; the resume state is removed once they are written."""
+    from metapretrain.io import atomic_write_text, write_done
 
     atomic_write_text(out / "results.csv", _csv(RESULT_COLUMNS, rows))
     hist_rows = [[h["epoch"], h["train_loss"], h.get("dev_micro_f1", ""), h.get("dev_loss", "")]
                  for h in result.history]
     atomic_write_text(out / "history.csv", _csv(["epoch", "train_loss", "dev_micro_f1", "dev_loss"], hist_rows))
     write_done(out, "finetune", run_id, ["results.csv", "history.csv"],
-               extra={"unofficial_train": {tb: str(p) for tb, p in extra.items() if tb in sources},
-                      "train_set": train_set, "regime": regime, "checkpoint_step": ckpt.step,
+               extra={"unofficial_train": {tb: str(p) for tb, p in data.extra.items() if tb in data.sources},
+                      "train_set": train_set, "regime": regime, "checkpoint_step": model.checkpoint_step,
                       "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
-                      "head_type": ft.head_type, "data_dir": str(uner_dir), "data": data_report})
+                      "head_type": ft.head_type, "data_dir": str(data.uner_dir), "data": data.report})
     (out / STATE_FILE).unlink(missing_ok=True)  # only needed to resume an unfinished job
-    _log_wandb(cfg, run_dir_p, run_id, train_set, regime, result.history, rows)
-    return str(out)
 
 
 def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, history: list[dict],
                rows: list[list]) -> None:
     """Mirror one fine-tuning job to W&B (its own W&B run, grouped by experiment); never raises."""
-    from metapretrain.train.metrics import stable_run_id, wandb_mode
+    from metapretrain.wandb_run import stable_run_id, wandb_mode
 
     mode = wandb_mode(cfg.wandb.mode)
     if mode == "disabled":
@@ -200,8 +264,8 @@ def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, his
 
         rec = read_run_record(run_dir)
         experiment = rec.experiment if rec else None
-        name = f"{run_id}/finetune/{train_set}~{regime}"
-        out = paths.finetune_dir(run_dir, train_set, regime)
+        stage = stages.finetune(run_dir, train_set, regime)
+        name, out = f"{run_id}/{stage.key}", stage.directory
         run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(experiment, name),
                          name=name, group=experiment, job_type="finetune", resume="allow", mode=mode,
                          dir=os.environ.get("WANDB_DIR") or str(out), config={"finetune": cfg.finetune.to_dict(), "pretrain_run": run_id,
@@ -238,15 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     from metapretrain.config import load_run_config
 
     run_dir = Path(args.run_dir)
-    if done_is_valid(paths.finetune_dir(run_dir, args.train_set, args.regime), "finetune"):
-        print(f"finetune {args.train_set}~{args.regime} of {run_dir}: already done")
+    stage = stages.finetune(run_dir, args.train_set, args.regime)
+    if done_is_valid(stage.directory, "finetune"):
+        print(f"finetune {stage.variant} of {run_dir}: already done")
         return 0
     cfg_file = paths.resolved_config(run_dir)
     if not cfg_file.is_file():
         print(f"metapretrain finetune: {cfg_file} not found (materialize the run first)", file=sys.stderr)
         return 2
     cfg = load_run_config(cfg_file)
-    return run_stage(stage=f"finetune/{args.train_set}~{args.regime}", run_dir=run_dir, cfg=cfg,
+    return run_stage(stage=stage.key, run_dir=run_dir, cfg=cfg,
                      target="metapretrain.finetune.stage:finetune_run",
                      kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime},
                      threads=args.threads)

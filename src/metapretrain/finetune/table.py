@@ -19,6 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from metapretrain import paths
 from metapretrain.finetune.stage import RESULT_COLUMNS
 from metapretrain.io import InputError, atomic_write_text, read_text
 
@@ -29,7 +30,7 @@ def collect(experiment_dir: str | Path) -> tuple[list[dict], list[Path]]:
     """(rows of every finished results.csv, result directories without done.json)."""
     rows, pending = [], []
     for f in sorted(Path(experiment_dir).glob("runs/**/finetune/*/results.csv")):
-        if not (f.parent / "done.json").is_file():
+        if not paths.done_file(f.parent).is_file():
             pending.append(f.parent)
             continue
         reader = csv.DictReader(io.StringIO(read_text(f), newline=""))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from metapretrain.device import use_fused
 from metapretrain.finetune.data import Encoded, collate, length_batches
 from metapretrain.finetune.evaluate import score
 from metapretrain.finetune.model import TokenClassifier
-from metapretrain.train.optim import use_fused
 
 
 @dataclass

@@ -137,3 +137,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if t.numel() != h.shape[0]:
         raise ValueError(f"linear_cross_entropy: {h.shape[0]} hidden rows but {t.numel()} targets")
     return _LinearCrossEntropy.apply(h, weight, t, chunk_rows(h.shape[0], weight.shape[0], h.device))
+
+
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The pretraining objective: mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1], through a
+    Decoder's fused head + loss (what training, evaluation and the dynamics probe all compute)."""
+    return model(batch[:, :-1], output="loss", targets=batch[:, 1:])

@@ -29,16 +29,18 @@ from pathlib import Path
 
 import torch
 
+from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.data.shards import open_split, read_manifest
+from metapretrain.device import resolve_device
 from metapretrain.launch import preemption
+from metapretrain.model.loss import next_token_loss
 from metapretrain.progress import Progress
-from metapretrain.train import checkpoint as ckpt
 from metapretrain.train import distributed, runtime, schedule
 from metapretrain.train.batches import TokenBatches, fixed_batches
 from metapretrain.train.metrics import MetricsWriter, WandbLogger
 from metapretrain.train.optim import build_optimizer, set_lr
-from metapretrain.train.steps import StepContext, StepMix, TrainingData, next_token_loss
+from metapretrain.train.steps import StepContext, StepMix, TrainingData
 
 STATE_FORMAT = 1
 
@@ -74,7 +76,7 @@ class Trainer:
         t = cfg.train
         # One process unless train_run joined a process group (train/distributed.py).
         self.dist = dist or distributed.Distributed()
-        self.device = distributed.init_device(self.dist.env, runtime.resolve_device(t.device))
+        self.device = distributed.init_device(self.dist.env, resolve_device(t.device, "train.device"))
         self.precision = runtime.resolve_precision(t.precision, self.device)
         runtime.configure_backends(self.device, t.tf32)
         manifest = read_manifest(data_dir)

@@ -7,7 +7,6 @@ Non-finite floats are written as null so every line is strict JSON. Readers use
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from metapretrain.io import atomic_write_text
 from metapretrain.metrics_log import read_records
+from metapretrain.wandb_run import stable_run_id, wandb_mode
 
 
 def _clean(value):
@@ -54,23 +54,6 @@ class MetricsWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-
-def wandb_mode(configured: str) -> str:
-    """WANDB_MODE wins; `auto` = online with WANDB_API_KEY set, else offline."""
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    if configured == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return configured
-
-
-def stable_run_id(experiment: str | None, run_id: str) -> str:
-    """A W&B run id that is the same for every attempt of a run (requeues resume the same W&B run)."""
-    return hashlib.sha256(f"{experiment or ''}/{run_id}".encode()).hexdigest()[:16]
 
 
 class WandbLogger:

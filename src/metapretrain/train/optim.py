@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metapretrain.device import use_fused
+
 
 def param_groups(model: nn.Module, extra: list[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two groups: matrices (decayed) and everything else (norm gains, embeddings; not decayed).
@@ -22,26 +24,6 @@ def param_groups(model: nn.Module, extra: list[nn.Parameter], weight_decay: floa
         (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-
-
-def use_fused(setting: str, device: torch.device, params: list[torch.Tensor] = ()) -> bool:
-    """`train.fused_adamw`: auto = on for CPU and CUDA, the devices with a fused kernel.
-
-    On CPU (torch 2.13, 2 cores) the fused kernel's update takes 0.25-0.3x the time of
-    the default multi-tensor one: 1.4 vs 5.8 ms for `micro`, 7 vs 23 ms for `tiny`.
-    The fused kernel cannot take FSDP's sharded parameters (DTensors) together with
-    plain ones (a step kind's replicated episode head), so auto leaves such a mix to
-    the multi-tensor kernel, and `on` refuses it.
-    """
-    from torch.distributed.tensor import DTensor
-
-    mixed = len({isinstance(p, DTensor) for p in params}) > 1
-    if setting == "on":
-        if mixed:
-            raise ValueError("train.fused_adamw: on cannot update FSDP-sharded parameters together with the step "
-                             "kind's unsharded ones (torch's fused AdamW takes one kind); use auto or off")
-        return True
-    return setting == "auto" and device.type in ("cpu", "cuda") and not mixed
 
 
 def build_optimizer(model: nn.Module, extra: list[nn.Parameter], train, device: torch.device) -> torch.optim.AdamW:

@@ -1,4 +1,5 @@
-"""Where and how the loop computes: device, precision, compile, and the RNG states it checkpoints."""
+"""How the loop computes: precision, compile, transfers, and the RNG states it checkpoints
+(the device itself is metapretrain.device)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (set train.device: auto or cpu)")
-    return torch.device(setting)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

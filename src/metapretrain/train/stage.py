@@ -23,7 +23,7 @@ def copy_tokenizer(data_dir: Path, pretrain_dir: Path) -> Path:
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no tokenizer; run the tokenize stage first")
     if not dst.is_file() or sha256_file(dst) != sha256_file(src):
-        from metapretrain.train.checkpoint import CheckpointError, list_checkpoints
+        from metapretrain.checkpoint import CheckpointError, list_checkpoints
 
         if dst.is_file() and list_checkpoints(pretrain_dir.parent):  # never swap the tokenizer under checkpoints
             raise CheckpointError(f"{src}: not the tokenizer this run was trained with ({dst} differs and "
@@ -55,11 +55,11 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
     """
     import yaml
 
+    from metapretrain import checkpoint as ckpt
     from metapretrain.config.errors import ConfigError
     from metapretrain.config.overrides import flatten
     from metapretrain.config.values import load_yaml
     from metapretrain.io import read_text
-    from metapretrain.train import checkpoint as ckpt
 
     old = None
     for info in reversed(ckpt.list_checkpoints(run_dir)):  # the checkpoint a resume would use
@@ -87,7 +87,8 @@ def check_config_unchanged(run_dir: Path, cfg) -> None:
 def train_run(run_dir: str, data_dir: str) -> dict:
     """Pretrain one run to its budget, resuming from its last checkpoint; returns the done.json record."""
     from metapretrain.config import load_run_config
-    from metapretrain.train import distributed, runtime
+    from metapretrain.device import resolve_device
+    from metapretrain.train import distributed
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     pre = paths.pretrain_dir(run_dir)
@@ -97,7 +98,7 @@ def train_run(run_dir: str, data_dir: str) -> dict:
     cfg = load_run_config(paths.resolved_config(run_dir))
     check_config_unchanged(run_dir, cfg)
     # One process, or one rank of a torchrun / multi-task SLURM job (train/distributed.py).
-    dist, _ = distributed.setup(cfg, runtime.resolve_device(cfg.train.device))
+    dist, _ = distributed.setup(cfg, resolve_device(cfg.train.device, "train.device"))
     try:
         return _train(run_dir, data_dir, cfg, dist)
     finally:
@@ -162,8 +163,8 @@ def export_checkpoints(run_dir: Path, mode: str, final: Path) -> list[Path]:
         print("WARNING: transformers is not installed: skipping the Hugging Face export "
               "(run `metapretrain export` later)", file=sys.stderr, flush=True)
         return []
-    from metapretrain.model.hf import export_checkpoint
-    from metapretrain.train.checkpoint import list_checkpoints
+    from metapretrain.checkpoint import list_checkpoints
+    from metapretrain.checkpoint.export import export_checkpoint
 
     hf = paths.hf_dir(run_dir)
     out = [export_checkpoint(final, hf) / "config.json"]

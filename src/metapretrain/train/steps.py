@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from metapretrain.model.loss import next_token_loss
 from metapretrain.registry import Registry
 from metapretrain.train.runtime import to_device
 
@@ -147,11 +148,6 @@ class StepKind(abc.ABC):
 
     def load_state_dict(self, state: dict) -> None:  # noqa: B027  (optional hook: stateless kinds keep nothing)
         """Restore what `state_dict` returned; stateless step kinds have nothing to restore."""
-
-
-def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1] (fused head + loss, see model.loss)."""
-    return model(batch[:, :-1], output="loss", targets=batch[:, 1:])
 
 
 @register_step("next_token")

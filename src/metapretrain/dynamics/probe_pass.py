@@ -6,7 +6,7 @@ checkpoint of a run, and every run with the same tokenizer and seed, sees the
 same batch.
 
 `run_probe` does one forward (and, when gradients are needed, one backward)
-of the real next-token loss (`metapretrain.train.steps.next_token_loss`, the
+of the real next-token loss (`metapretrain.model.loss.next_token_loss`, the
 training objective) with forward hooks that keep:
 
 * the output of every projection `attn.{q,k,v,o}_proj`, `ffn.{gate,up,down}_proj`
@@ -96,7 +96,7 @@ def run_probe(model: torch.nn.Module, batch: torch.Tensor, *, step: int, activat
 
     Leaves `requires_grad` set only on the projection weights, whose `.grad` then holds the loss gradient.
     """
-    from metapretrain.train.steps import next_token_loss
+    from metapretrain.model.loss import next_token_loss
 
     data = CheckpointData(step=step, model=model)
     handles = []
