@@ -91,6 +91,13 @@ def test_the_schema_lists_exactly_the_registered_learners(monkeypatch):
     assert _schema_learners() != set(known_learners())
 
 
+def test_the_schema_lists_exactly_the_registered_episode_builders(monkeypatch):
+    listed = lambda: set(subschema(("meta", "episode", "builder"))["enum"])  # noqa: E731
+    assert listed() == set(meta_registry.known_episode_builders())
+    monkeypatch.setitem(meta_registry._BUILDERS, "extra", object)
+    assert listed() != set(meta_registry.known_episode_builders())
+
+
 def test_head_shape_init_and_generator_dropout():
     head = EpisodeHead(16, n_way=5, layers=4, width=12, dropout=0.5)
     assert [tuple(lin.weight.shape) for lin in head.linears] == [(12, 16), (12, 12), (12, 12), (5, 12)]

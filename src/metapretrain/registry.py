@@ -52,7 +52,11 @@ class Registry(dict):
         return wrap
 
     def load(self) -> None:
-        """Import the modules that register the built-in entries (a no-op once imported)."""
+        """Import the plugins (metapretrain.plugins) and the modules that register the built-in entries
+        (a no-op once imported)."""
+        from metapretrain import plugins
+
+        plugins.load()
         for module in self._modules:
             importlib.import_module(module)
 

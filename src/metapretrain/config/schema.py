@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from metapretrain import plugins
 from metapretrain.config.errors import ConfigError, dotted, suggest
 from metapretrain.config.values import load_yaml
 
@@ -14,8 +15,29 @@ SCHEMA_DIR = Path(__file__).parent / "schema"
 
 
 @functools.cache
-def run_schema() -> dict:
+def _run_schema_file() -> dict:
     return load_yaml((SCHEMA_DIR / "run.schema.yaml").read_text(encoding="utf-8"))
+
+
+def run_schema() -> dict:
+    """The run schema. The file lists the built-in learners and episode builders (tests keep it equal to
+    the registries); with plugins loaded (metapretrain.plugins), its enums also hold what they registered."""
+    return _with_plugins(tuple(plugins.load()))
+
+
+@functools.cache
+def _with_plugins(loaded: tuple[str, ...]) -> dict:
+    schema = _run_schema_file()
+    if not loaded:
+        return schema
+    from metapretrain.meta.registry import known_episode_builders, known_learners
+
+    schema = copy.deepcopy(schema)
+    meta = schema["properties"]["meta"]["properties"]
+    for node, names in ((meta["learner"], known_learners()),
+                        (meta["episode"]["properties"]["builder"], known_episode_builders())):
+        node["enum"] += [name for name in names if name not in node["enum"]]
+    return schema
 
 
 @functools.cache
@@ -123,4 +145,5 @@ def validate(cfg: dict, schema: dict, *, file: str | None = None, lines=None, pr
         raise ConfigError(f"missing required key: {err.message}", file=file, key=dotted(full) or None, line=line)
     expected = _describe_expected(err.schema) if err.validator in (
         "type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "const", "pattern") else err.message
-    raise ConfigError(f"got {err.instance!r}; expected {expected}", file=file, key=dotted(full) or None, line=line)
+    hint = f" ({err.schema['x-hint']})" if "x-hint" in err.schema else ""
+    raise ConfigError(f"got {err.instance!r}; expected {expected}{hint}", file=file, key=dotted(full) or None, line=line)

@@ -44,5 +44,10 @@ def register_episode_builder(name: str):
     return _BUILDERS.register_class(name)
 
 
+def known_episode_builders() -> list[str]:
+    """The registered `meta.episode.builder` names (built-ins loaded), sorted."""
+    return _BUILDERS.names()
+
+
 def episode_builder(name: str) -> type:
     return _BUILDERS.lookup(name)
