@@ -39,7 +39,7 @@ def test_preset_parameter_counts_match_the_formula(name):
 
 @pytest.mark.parametrize("name,millions", [("tiny", 11), ("small", 65), ("medium", 181), ("large", 570)])
 def test_paper_sizes(name, millions):
-    """notes/paper.md §3: 11M / 65M / 181M / 570M with the 50,304-token vocabulary."""
+    """The paper's sizes (arXiv 2508.02189): 11M / 65M / 181M / 570M with the 50,304-token vocabulary."""
     cfg = preset(name)
     assert cfg.vocab_size == 50_304 and cfg.n_layers == 12 and cfg.n_heads == 12 and cfg.n_kv_heads == 4
     assert cfg.ffn_hidden == 4 * cfg.d_model and cfg.max_seq_len == 2048

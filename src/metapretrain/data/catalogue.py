@@ -7,7 +7,7 @@ Two kinds of entry:
 * `Remote`: a file of a public GitHub repository at a pinned commit, fetched from
   `<base>/<owner>/<repo>/<commit>/<path>`; `base` is https://raw.githubusercontent.com
   unless `data.download_url` or `$METAPRETRAIN_DOWNLOAD_URL` names a mirror laid out the same way.
-  Checked by sha256 (the mirror README's §6 table), or by git blob id where only that is known.
+  Checked by sha256 (as published with the offline mirror), or by git blob id where only that is known.
 * `Derived`: `corpus/ud-train_<TB>.txt`, made here from the UNER train file of the same
   treebank (`data.derive`: its `# text` lines, minus every line equal to a UNER dev or test
   sentence once whitespace is deleted), exactly as the mirror's files were made. Rebuilt

@@ -8,7 +8,7 @@ absent or complete and verified.
 
 Checksums: sha256, or the git blob id (sha1 of `blob <size>\\0<bytes>`) where
 only that is known, as for the English-EWT train file that the offline mirror
-lacks (../shared/data/README.md §1 gives its blob id). What can be fetched, from
+lacks (data.catalogue pins its blob id). What can be fetched, from
 where, is listed in `data.catalogue`.
 """
 

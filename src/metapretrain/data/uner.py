@@ -1,6 +1,6 @@
 """Universal NER v1 (UNER) IOB2 files: a strict reader and treebank discovery.
 
-Format (../shared/data/README.md §1): per sentence, `#` comment lines, then one
+Format (Universal NER v1, github.com/UniversalNER): per sentence, `#` comment lines, then one
 line per token with 5 tab-separated columns (id, form, NER tag, extra tag,
 annotator), then one blank line. Ids run 1, 2, 3, ... within a sentence. The
 reader raises `UnerFormatError` naming `file:line` on a wrong column count, an

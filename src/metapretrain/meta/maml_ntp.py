@@ -1,4 +1,4 @@
-"""The proposal's MAML variant (seeds/001): a next-token inner loop, a first-order outer update.
+"""The proposal's MAML variant (the proposal behind the paper): a next-token inner loop, a first-order outer update.
 
 One meta step:
 1. inner loop: `meta.inner.steps` steps of next-token cross-entropy, each on a

@@ -1,6 +1,6 @@
 """Model size presets: the paper's four sizes plus CPU presets for the demo grid.
 
-Paper sizes (notes/paper.md §3): 12 layers, 12 query heads, 4 KV heads,
+Paper sizes (Africa et al. 2025, arXiv 2508.02189): 12 layers, 12 query heads, 4 KV heads,
 SwiGLU hidden 4·d, vocabulary 50,304, context 2,048. Only the width differs.
 """
 
