@@ -31,6 +31,7 @@ import torch
 
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
+from metapretrain.cost import update_cost
 from metapretrain.data.shards import open_split, read_manifest
 from metapretrain.device import resolve_device
 from metapretrain.launch import preemption
@@ -92,7 +93,10 @@ class Trainer:
 
         self.model = Decoder(self.model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
-        planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
+        # Schedule and compile policy are sized on the expected cost of an update under the step-kind mix:
+        # a meta micro-batch costs what its step kind says, not a next-token batch's.
+        self.update_cost = update_cost(cfg, self.model_cfg, self.dist.world)
+        planned = schedule.planned_updates(t, self.update_cost) * t.grad_accum
         self.compile = runtime.use_compile(t.compile, self.device, planned)
         if self.compile:
             self.model.compile_blocks()
@@ -116,8 +120,7 @@ class Trainer:
         self.model_params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, extra, t, self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.flops_per_token = self.model.flops_per_token(t.seq_len)
-        self.schedule = schedule.from_config(t, self.flops_per_token)
+        self.schedule = schedule.from_config(t, self.update_cost)
         self.counters = Counters()
         self.metrics = MetricsWriter(paths.metrics_file(run_dir))
         self.wandb: WandbLogger | None = None
@@ -166,7 +169,7 @@ class Trainer:
             self.dist.load_sharded(self.model, self.optimizer, self.modules(), info.path / ckpt.DCP_DIR)
         else:
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
+        self.schedule = schedule.from_config(self.cfg.train, self.update_cost, state["schedule"]["decay_steps"])
         for name, kind in self.mix.kinds.items():
             kind.load_state_dict(state["kinds"].get(name, {}))
         self.batches.load_state_dict(state["batches"])

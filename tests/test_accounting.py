@@ -1,0 +1,64 @@
+"""Training-side accounting: schedules sized on the step-kind mix, next-token tokens apart, the final train
+loss over an interval, a fine-tuning seed apart from the pretraining seed."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import write_run_dir
+from metapretrain import checkpoint as ckpt
+from metapretrain import paths
+from metapretrain.config.load import run_config_from_dict
+from metapretrain.config.overrides import deep_merge
+from metapretrain.cost import run_cost, update_cost
+from metapretrain.metrics_log import read_records
+
+# A hybrid FOMAML run small enough to train 40 updates in a second; its meta micro-batch costs about four
+# next-token ones, so sizing its schedule as if every micro-batch were next-token is far off.
+FOMAML = {
+    "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+              "max_seq_len": 64},
+    "train": {"budget": {"unit": "steps", "value": 8}, "batch_size": 2, "seq_len": 16, "grad_accum": 2, "lr": 3e-3,
+              "warmup_steps": 2, "eval_every": 1000, "eval_batches": 1, "log_every": 1,
+              "checkpoint": {"every": 1000, "log_spaced": 0, "export_hf": "none"}},
+    "meta": {"learner": "fomaml", "hybrid_ratio": 0.5,
+             "episode": {"n_way": 4, "k_shot": 2, "q_query": 2, "window": 16, "min_count": 8, "max_frequency": 0.5},
+             "head": {"layers": 2, "width": 16}, "inner": {"steps": 3, "lr": 0.05}},
+    "launch": {"launcher": "debug"},
+    "wandb": {"mode": "disabled"},
+}
+
+
+def _vocab(tokenized) -> int:
+    return json.loads((tokenized / "manifest.json").read_text())["vocab_size"]
+
+
+def test_flop_budget_sizes_a_fomaml_schedule_on_the_step_kind_mix(tmp_path, synthetic_tokenized, single_thread):
+    vocab = _vocab(synthetic_tokenized)
+    base = deep_merge(FOMAML, {"tokenizer": {"vocab_size": vocab}})
+    model_cfg = run_config_from_dict(base).model.resolved(tokenizer_vocab=vocab)
+    update = update_cost(run_config_from_dict(base), model_cfg, 1)
+    next_token = update_cost(run_config_from_dict(deep_merge(base, {"meta": {"learner": "none"}})), model_cfg, 1)
+    planned = 40
+    budget = planned * update.flops
+    assert budget / next_token.flops > 2 * planned  # the next-token sizing this replaces: a cosine twice too long
+
+    config = deep_merge(base, {"train": {"budget": {"unit": "flops", "value": budget}}})
+    run = write_run_dir(tmp_path, "fomaml-flops", config, "acct")
+    from metapretrain.train.stage import train_run
+
+    done = train_run(str(run), str(synthetic_tokenized))
+    decay = ckpt.load_state(ckpt.final_checkpoint(run).path)["schedule"]["decay_steps"]
+    assert decay == planned == run_cost(run_config_from_dict(config)).updates
+    assert abs(done["final_step"] - decay) <= 4, (done["final_step"], decay)
+    # The loop still stops on the FLOPs it counts: the first update that reaches the budget.
+    train = [r for r in read_records(paths.metrics_file(run)) if r["kind"] == "train"]
+    assert train[-1]["flops"] >= budget > train[-2]["flops"] and train[-1]["step"] == done["final_step"]
+
+
+def test_steps_budget_schedule_is_the_step_count_whatever_the_mix():
+    from metapretrain.train.schedule import decay_steps_for
+
+    cfg = run_config_from_dict(deep_merge(FOMAML, {"tokenizer": {"vocab_size": 128}}))
+    update = update_cost(cfg, cfg.model.resolved(tokenizer_vocab=128), 1)
+    assert decay_steps_for(cfg.train, update) == 8
