@@ -62,3 +62,37 @@ def test_steps_budget_schedule_is_the_step_count_whatever_the_mix():
     cfg = run_config_from_dict(deep_merge(FOMAML, {"tokenizer": {"vocab_size": 128}}))
     update = update_cost(cfg, cfg.model.resolved(tokenizer_vocab=128), 1)
     assert decay_steps_for(cfg.train, update) == 8
+
+
+def test_records_count_next_token_tokens_apart_from_episode_windows(tmp_path, synthetic_tokenized, single_thread):
+    from metapretrain.train.stage import train_run
+
+    config = deep_merge(FOMAML, {"tokenizer": {"vocab_size": _vocab(synthetic_tokenized)}})
+    run = write_run_dir(tmp_path, "fomaml", config, "acct")
+    train_run(str(run), str(synthetic_tokenized))
+    records = read_records(paths.metrics_file(run))
+    assert all("tokens_ntp" in r for r in records)
+    train = [r for r in records if r["kind"] == "train"]  # log_every 1: one record per update
+    batch_tokens = FOMAML["train"]["batch_size"] * FOMAML["train"]["seq_len"]
+    ntp = 0
+    for r in train:
+        ntp += r["n_next_token"] * batch_tokens
+        assert r["tokens_ntp"] == ntp
+    assert sum(r["n_meta"] for r in train) > 0 and train[-1]["tokens_ntp"] < train[-1]["tokens"]
+
+    vanilla = write_run_dir(tmp_path, "vanilla", deep_merge(config, {"meta": {"learner": "none"}}), "acct")
+    train_run(str(vanilla), str(synthetic_tokenized))
+    assert all(r["tokens_ntp"] == r["tokens"] for r in read_records(paths.metrics_file(vanilla)))
+
+
+def test_a_checkpoint_from_before_tokens_ntp_resumes_with_what_is_known():
+    from types import SimpleNamespace
+
+    from metapretrain.train.loop import _counters
+
+    saved = {"step": 5, "tokens": 320, "flops": 1.0, "wall": 2.0}
+    off = SimpleNamespace(slots=[SimpleNamespace(kind=object), SimpleNamespace(kind=None)])
+    on = SimpleNamespace(slots=[SimpleNamespace(kind=object), SimpleNamespace(kind=object)])
+    assert _counters(saved, off)["tokens_ntp"] == 320  # next-token steps only: every token was one
+    assert _counters(saved, on)["tokens_ntp"] is None  # episode windows mixed in: not known, not written
+    assert _counters(saved | {"tokens_ntp": 100}, on)["tokens_ntp"] == 100

@@ -53,7 +53,8 @@ class NonFiniteError(RuntimeError):
 @dataclass
 class Counters:
     step: int = 0  # optimizer updates done (skipped non-finite updates included)
-    tokens: int = 0
+    tokens: int = 0  # every step kind's (a meta step's episode windows included)
+    tokens_ntp: int | None = 0  # next-token steps' only; None: resumed from a checkpoint that did not count them
     flops: float = 0.0
     wall: float = 0.0  # seconds inside the loop, summed over attempts
 
@@ -93,9 +94,10 @@ class Trainer:
 
         self.model = Decoder(self.model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
-        # Schedule and compile policy are sized on the expected cost of an update under the step-kind mix:
-        # a meta micro-batch costs what its step kind says, not a next-token batch's.
-        self.update_cost = update_cost(cfg, self.model_cfg, self.dist.world)
+        # A token or FLOP budget sizes the schedule and compile policy on the expected cost of an update
+        # under the step-kind mix (a meta micro-batch costs what its kind says, not a next-token batch's);
+        # a steps budget needs no cost, so a kind without `expected_cost` still trains under one.
+        self.update_cost = None if t.budget.unit == "steps" else update_cost(cfg, self.model_cfg, self.dist.world)
         planned = schedule.planned_updates(t, self.update_cost) * t.grad_accum
         self.compile = runtime.use_compile(t.compile, self.device, planned)
         if self.compile:
@@ -174,7 +176,7 @@ class Trainer:
             kind.load_state_dict(state["kinds"].get(name, {}))
         self.batches.load_state_dict(state["batches"])
         runtime.set_rng_state(state["rng"])
-        self.counters = Counters(**state["counters"])
+        self.counters = Counters(**_counters(state["counters"], self.mix))
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
             self.metrics.truncate_to(info.step)
@@ -229,6 +231,8 @@ class Trainer:
     def record(self, kind: str, **fields) -> dict:
         c = self.counters
         rec = {"kind": kind, "step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3), **fields}
+        if c.tokens_ntp is not None:
+            rec["tokens_ntp"] = c.tokens_ntp
         if not self.dist.is_main:  # every rank holds the same (all-reduced) values; one writes them
             return rec
         self.metrics.write(rec)
@@ -263,7 +267,7 @@ class Trainer:
         # The base slot's losses make the record's `loss`; the others' metrics are logged as `<slot>/<metric>`.
         base_losses, other_losses, slot_metrics = [], [], defaultdict(list)
         counts = dict.fromkeys(self.mix.names, 0)
-        tokens, flops = 0, 0.0
+        tokens, tokens_ntp, flops = 0, 0, 0.0
         for micro in range(t.grad_accum):
             u, gen_seed = runtime.micro_seeds(self.cfg.seed, c.step, micro)
             name, kind = self.mix.draw(u)
@@ -273,6 +277,8 @@ class Trainer:
                 out = kind.run(scale=1.0 / t.grad_accum, gen=gen)
             counts[name] += 1
             tokens += int(out.tokens)
+            if name == self.mix.base:
+                tokens_ntp += int(out.tokens)
             flops += float(out.flops)
             (base_losses if name == self.mix.base else other_losses).append(float(out.loss))
             for key, value in out.metrics.items():
@@ -281,8 +287,8 @@ class Trainer:
         if self.dist.active:  # global tokens and FLOPs, rank-averaged losses and metrics: one all-reduce
             keys = sorted(slot_metrics)
             flat = base_losses + other_losses + [v for k in keys for v in slot_metrics[k]]
-            (tokens, flops), flat = self.dist.reduce_scalars([tokens, flops], flat)
-            tokens = int(round(tokens))
+            (tokens, tokens_ntp, flops), flat = self.dist.reduce_scalars([tokens, tokens_ntp, flops], flat)
+            tokens, tokens_ntp = int(round(tokens)), int(round(tokens_ntp))
             base_losses, flat = flat[:len(base_losses)], flat[len(base_losses):]
             other_losses, flat = flat[:len(other_losses)], flat[len(other_losses):]
             for k in keys:
@@ -298,6 +304,8 @@ class Trainer:
         seconds = time.perf_counter() - started
         c.step += 1
         c.tokens += tokens
+        if c.tokens_ntp is not None:
+            c.tokens_ntp += tokens_ntp
         c.flops += flops
         self._window["tokens"] += tokens
         self._window["seconds"] += seconds
@@ -371,6 +379,15 @@ class Trainer:
         c = self.counters
         return {"final_step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3),
                 "final_val_loss": last_eval}
+
+
+def _counters(saved: dict, mix: StepMix) -> dict:
+    """A checkpoint's counters; one written before `tokens_ntp` was counted has it only when every
+    token was a next-token one (no other step kind on), else None (not known)."""
+    if "tokens_ntp" in saved:
+        return saved
+    only_next_token = all(s.kind is None for s in mix.slots[1:])
+    return saved | {"tokens_ntp": saved["tokens"] if only_next_token else None}
 
 
 class _Weights:

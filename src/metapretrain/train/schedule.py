@@ -51,9 +51,10 @@ class Schedule:
         return {"decay_steps": self.decay_steps}
 
 
-def planned_updates(train, update: StepCost) -> int:
+def planned_updates(train, update: StepCost | None) -> int:
     """The budget in optimizer updates: exact for steps; for tokens or FLOPs, the budget over `update`,
-    the expected cost of one update under the run's step-kind mix (`cost.update_cost`).
+    the expected cost of one update under the run's step-kind mix (`cost.update_cost`; None: a steps
+    budget, which needs none).
 
     The loop stops on the tokens or FLOPs it really counts, so a run drawing more or fewer meta
     micro-batches than expected ends a few updates after or before this.
@@ -65,14 +66,14 @@ def planned_updates(train, update: StepCost) -> int:
     return max(1, math.ceil(value / per_update))
 
 
-def decay_steps_for(train, update: StepCost) -> int:
+def decay_steps_for(train, update: StepCost | None) -> int:
     """`train.decay_steps`, or else the planned number of updates."""
     if train.decay_steps is not None:
         return int(train.decay_steps)
     return planned_updates(train, update)
 
 
-def from_config(train, update: StepCost, decay_steps: int | None = None) -> Schedule:
+def from_config(train, update: StepCost | None, decay_steps: int | None = None) -> Schedule:
     return Schedule(lr=train.lr, warmup_steps=train.warmup_steps,
                     decay_steps=decay_steps if decay_steps is not None else decay_steps_for(train, update),
                     kind=train.schedule, min_lr_ratio=train.min_lr_ratio)
