@@ -4,6 +4,9 @@ loss over an interval, a fine-tuning seed apart from the pretraining seed."""
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from conftest import write_run_dir
 from metapretrain import checkpoint as ckpt
@@ -96,3 +99,63 @@ def test_a_checkpoint_from_before_tokens_ntp_resumes_with_what_is_known():
     assert _counters(saved, off)["tokens_ntp"] == 320  # next-token steps only: every token was one
     assert _counters(saved, on)["tokens_ntp"] is None  # episode windows mixed in: not known, not written
     assert _counters(saved | {"tokens_ntp": 100}, on)["tokens_ntp"] == 100
+
+
+def test_loss_interval_is_the_mean_over_the_logging_interval_and_survives_a_resume(
+        tmp_path, synthetic_tokenized, single_thread, monkeypatch):
+    from metapretrain.train import loop as loop_mod
+    from metapretrain.train.stage import train_run
+
+    config = deep_merge(FOMAML, {"tokenizer": {"vocab_size": _vocab(synthetic_tokenized)},
+                                 "train": {"budget": {"value": 9}, "checkpoint": {"every": 2}}})
+    every = write_run_dir(tmp_path, "every", config, "acct")  # log_every 1: each update's own loss
+    train_run(str(every), str(synthetic_tokenized))
+    per_update = {r["step"]: r for r in read_records(paths.metrics_file(every)) if r["kind"] == "train"}
+
+    sparse_cfg = deep_merge(config, {"train": {"log_every": 3}})
+    sparse = write_run_dir(tmp_path, "sparse", sparse_cfg, "acct")
+    original = loop_mod.Trainer.update
+
+    def crash(self):  # after the checkpoint at step 4, inside the logging interval (3, 6]
+        if self.counters.step == 5:
+            raise RuntimeError("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(loop_mod.Trainer, "update", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(str(sparse), str(synthetic_tokenized))
+    monkeypatch.setattr(loop_mod.Trainer, "update", original)
+    train_run(str(sparse), str(synthetic_tokenized))
+    logged = [r for r in read_records(paths.metrics_file(sparse)) if r["kind"] == "train"]
+    assert [r["step"] for r in logged] == [1, 3, 6, 9]
+    previous = 0
+    for r in logged:
+        interval = [per_update[s] for s in range(previous + 1, r["step"] + 1) if per_update[s]["n_next_token"]]
+        n = sum(u["n_next_token"] for u in interval)
+        assert r["loss_interval"] == pytest.approx(sum(u["loss"] * u["n_next_token"] for u in interval) / n)
+        previous = r["step"]
+    assert {r["loss_interval"] for r in logged} != {r.get("loss") for r in logged}
+
+
+def test_final_train_loss_from_a_constructed_metrics_file(tmp_path):
+    from metapretrain.metrics_log import final_train_loss
+
+    def write(name, records):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"step": i + 1, "tokens": 0, "flops": 0, "wall": 0} | r) + "\n"
+                                for i, r in enumerate(records)))
+        return [r for r in read_records(path) if r["kind"] == "train"]
+
+    new = write("new.jsonl", [{"kind": "train", "loss": 4.0, "loss_interval": 4.5},
+                              {"kind": "train", "loss": 3.0, "loss_interval": 3.4}, {"kind": "eval", "val_loss": 3.3}])
+    assert final_train_loss(new) == 3.4  # the interval's mean, not the last update's 3.0
+    # The last update was all meta steps, so it has no `loss`; its interval still had next-token ones.
+    assert final_train_loss(write("meta.jsonl", [{"kind": "train", "loss": 4.0, "loss_interval": 4.2},
+                                                 {"kind": "train", "loss_interval": 3.9}])) == 3.9
+    assert final_train_loss(write("none.jsonl", [{"kind": "train", "loss": 4.0, "loss_interval": 4.2},
+                                                 {"kind": "train", "loss": None}])) == 4.2
+    old = write("old.jsonl", [{"kind": "train", "loss": 4.0}, {"kind": "train", "loss": 3.0}])
+    assert final_train_loss(old) == 3.0  # from before loss_interval: the last update's loss
+    assert math.isnan(final_train_loss(write("meta_only.jsonl", [{"kind": "train", "n_meta": 1}])))
+    assert math.isnan(final_train_loss([]))
+    assert final_train_loss([{"loss": 2.0}, {"loss": float("nan"), "loss_interval": float("nan")}]) == 2.0

@@ -129,6 +129,9 @@ class Trainer:
         self.last_checkpoint: int | None = None
         self.final_step: int | None = None
         self._window = {"tokens": 0, "seconds": 0.0}
+        # Next-token losses since the last train record (its `loss_interval`); checkpointed, so a resumed
+        # run logs the same interval means as an uninterrupted one.
+        self._losses = {"sum": 0.0, "count": 0}
 
     # ----------------------------------------------------------------- state
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -138,7 +141,8 @@ class Trainer:
         return {"format": STATE_FORMAT, "optimizer": self.dist.optimizer_state(self.model, self.optimizer),
                 "schedule": self.schedule.state_dict(),
                 "kinds": {name: kind.state_dict() for name, kind in self.mix.kinds.items()},
-                "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters)}
+                "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters),
+                "losses": dict(self._losses)}
 
     def resume(self) -> ckpt.CheckpointInfo | None:
         """Load the newest verified checkpoint, if any; cut metrics.jsonl back to it."""
@@ -177,6 +181,7 @@ class Trainer:
         self.batches.load_state_dict(state["batches"])
         runtime.set_rng_state(state["rng"])
         self.counters = Counters(**_counters(state["counters"], self.mix))
+        self._losses = dict(state.get("losses", {"sum": 0.0, "count": 0}))  # older checkpoints: from here on
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
             self.metrics.truncate_to(info.step)
@@ -298,6 +303,8 @@ class Trainer:
         finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in base_losses + other_losses)
         if finite:
             self.optimizer.step()
+            self._losses["sum"] += sum(base_losses)
+            self._losses["count"] += len(base_losses)
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -361,6 +368,9 @@ class Trainer:
                     w = self._window
                     fields["tokens_per_s"] = w["tokens"] / w["seconds"] if w["seconds"] > 0 else 0.0
                     self._window = {"tokens": 0, "seconds": 0.0}
+                    if self._losses["count"]:
+                        fields["loss_interval"] = self._losses["sum"] / self._losses["count"]
+                    self._losses = {"sum": 0.0, "count": 0}
                     self.record("train", **fields)
                 if step % t.eval_every == 0 or done:
                     last_eval = self.evaluate()
