@@ -159,3 +159,22 @@ def test_final_train_loss_from_a_constructed_metrics_file(tmp_path):
     assert math.isnan(final_train_loss(write("meta_only.jsonl", [{"kind": "train", "n_meta": 1}])))
     assert math.isnan(final_train_loss([]))
     assert final_train_loss([{"loss": 2.0}, {"loss": float("nan"), "loss_interval": float("nan")}]) == 2.0
+
+
+def test_finetune_seed_defaults_to_the_run_seed_and_changes_the_finetune_alone(tmp_path, data_root, single_thread):
+    from metapretrain.finetune import stage
+    from test_finetune import make_run, small_uner
+
+    if not (data_root / "uner" / "Danish-DDT").is_dir():
+        pytest.skip("no UNER data")
+    old = run_config_from_dict({"seed": 5})  # a config from before finetune.seed loads, with the run's seed
+    assert old.finetune.seed is None and old.finetune.seed_of(old.seed) == 5
+    uner = small_uner(data_root, tmp_path / "uner")
+    outputs = {}
+    for name, seed in (("null", None), ("same", 42), ("other", 7)):
+        run = make_run(tmp_path / name / "runs" / "method~vanilla", data_root, lines=200,
+                       finetune={"data_dir": str(uner), "epochs": 1, "max_train_sentences": 40, "seed": seed})
+        assert stage.main(["--run-dir", str(run), "--train-set", "Danish-DDT", "--regime", "head"]) == 0
+        outputs[name] = (run / "finetune" / "Danish-DDT~head" / "results.csv").read_text()
+    assert run_config_from_dict({}).seed == 42  # `null` fine-tunes with the run's seed: the same as 42
+    assert outputs["null"] == outputs["same"] != outputs["other"]
