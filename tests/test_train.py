@@ -30,6 +30,7 @@ from metapretrain.train.optim import param_groups
 from metapretrain.train.runtime import micro_seeds
 from metapretrain.train.schedule import Schedule, decay_steps_for
 from metapretrain.train.stage import train_run
+from metapretrain.train.steps import StepCost
 from metapretrain.wandb_run import stable_run_id, wandb_mode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,12 +91,13 @@ def test_decay_steps_from_budget():
         return run_config_from_dict(deep_merge(BASE, {"train": {"budget": {"unit": unit, "value": value},
                                                             "decay_steps": decay, "grad_accum": 2}})).train
 
-    assert decay_steps_for(train("steps", 12), 1.0) == 12
-    assert decay_steps_for(train("steps", 12, decay=500), 1.0) == 500
-    # 2 sequences x 16 tokens x 2 micro-batches = 64 tokens per update
-    assert decay_steps_for(train("tokens", 640), 1.0) == 10
-    assert decay_steps_for(train("tokens", 641), 1.0) == 11
-    assert decay_steps_for(train("flops", 64 * 1000 * 7), 1000.0) == 7
+    # 2 sequences x 16 tokens x 2 micro-batches = 64 tokens per update, at 1,000 FLOPs per token
+    update = StepCost(tokens=64, flops=64 * 1000.0)
+    assert decay_steps_for(train("steps", 12), update) == 12
+    assert decay_steps_for(train("steps", 12, decay=500), update) == 500
+    assert decay_steps_for(train("tokens", 640), update) == 10
+    assert decay_steps_for(train("tokens", 641), update) == 11
+    assert decay_steps_for(train("flops", 64 * 1000 * 7), update) == 7
 
 
 def test_compile_policy():

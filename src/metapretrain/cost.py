@@ -18,8 +18,11 @@ Only pretraining is counted: evaluation passes, fine-tuning and dynamics come on
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metapretrain.train.steps import StepCost
 
 DEFAULT_MFU = 0.4
 DEFAULT_PEAK_TFLOPS = 989.0  # one H100 SXM, dense BF16
@@ -61,12 +64,35 @@ def processes(cfg) -> int:
     return s.nodes * s.tasks_per_node
 
 
+def micro_batch_cost(cfg, model_cfg, world: int) -> StepCost:
+    """The expected tokens and training FLOPs of one micro-batch over `world` processes: each step kind's
+    `expected_cost` weighted by its slot's probability (a per-process episode counted once per process)."""
+    from metapretrain.train.steps import StepCost, config_slots
+
+    tokens, flops = 0.0, 0.0
+    for slot in (s for s in config_slots(cfg) if s.kind is not None):
+        step = slot.kind.expected_cost(cfg, model_cfg)
+        copies = world if slot.kind.samples_per_rank else 1
+        tokens += slot.probability * copies * step.tokens
+        flops += slot.probability * copies * step.flops
+    return StepCost(tokens=tokens, flops=flops)
+
+
+def update_cost(cfg, model_cfg, world: int) -> StepCost:
+    """The expected tokens and training FLOPs of one optimizer update (`train.grad_accum` micro-batches)."""
+    from metapretrain.train.steps import StepCost
+
+    micro = micro_batch_cost(cfg, model_cfg, world)
+    return StepCost(tokens=cfg.train.grad_accum * micro.tokens, flops=cfg.train.grad_accum * micro.flops)
+
+
 def run_cost(cfg, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> RunCost:
     """The cost of pretraining one run with RunConfig `cfg` (a vocabulary the preset leaves open is
     `tokenizer.vocab_size`)."""
     from metapretrain.meta.episode_learner import EpisodicLearner
     from metapretrain.meta.head import EpisodeHead
     from metapretrain.train.loop import checkpoint_steps
+    from metapretrain.train.schedule import planned_updates
     from metapretrain.train.steps import config_slots
 
     t = cfg.train
@@ -74,18 +100,13 @@ def run_cost(cfg, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK
     world = processes(cfg)
     slots = config_slots(cfg)
     rho = sum(s.probability for s in slots[1:])  # the base slot (next-token steps) takes the rest
-    micro_tokens, micro_flops, extra = 0, 0, 0
-    for slot in (s for s in slots if s.kind is not None):
-        step = slot.kind.expected_cost(cfg, model_cfg)
-        copies = world if slot.kind.samples_per_rank else 1
-        micro_tokens += slot.probability * copies * step.tokens
-        micro_flops += slot.probability * copies * step.flops
-        if issubclass(slot.kind, EpisodicLearner):
-            h = cfg.meta.head
-            extra = EpisodeHead.shape_params(model_cfg.d_model, cfg.meta.episode.n_way, h.layers, h.width)[1]
-    per_update = {"steps": 1.0, "tokens": t.grad_accum * micro_tokens, "flops": t.grad_accum * micro_flops}
-    updates = max(1, math.ceil(t.budget.value / per_update[t.budget.unit]))
-    flops = updates * t.grad_accum * micro_flops
+    extra = 0
+    if any(s.kind is not None and issubclass(s.kind, EpisodicLearner) for s in slots):
+        h = cfg.meta.head
+        extra = EpisodeHead.shape_params(model_cfg.d_model, cfg.meta.episode.n_way, h.layers, h.width)[1]
+    micro = micro_batch_cost(cfg, model_cfg, world)
+    updates = planned_updates(t, update_cost(cfg, model_cfg, world))
+    flops = updates * t.grad_accum * micro.flops
 
     params = model_cfg.num_parameters()
     kept = sorted(checkpoint_steps(t, updates) | {updates})
@@ -98,7 +119,7 @@ def run_cost(cfg, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK
     n_hf = {"none": 0, "final": 1, "all": 1 + n_ckpt}[t.checkpoint.export_hf]  # `all`: hf/ and hf/step_*/
     hf = FP32 * params + TOKENIZER_BYTES_PER_ENTRY * model_cfg.vocab_size
     return RunCost(parameters=params, extra_parameters=extra, processes=world, meta_fraction=rho,
-                   micro_batch_flops=micro_flops, updates=updates, tokens=updates * t.grad_accum * micro_tokens,
+                   micro_batch_flops=micro.flops, updates=updates, tokens=updates * t.grad_accum * micro.tokens,
                    flops=flops, gpu_hours=flops / (mfu * peak_tflops * 1e12) / 3600, checkpoints=n_ckpt,
                    checkpoint_bytes=ckpt, init_checkpoint_bytes=init, hf_exports=n_hf, hf_export_bytes=hf,
                    disk_bytes=n_init * init + (n_ckpt - n_init) * ckpt + n_hf * hf)

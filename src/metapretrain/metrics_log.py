@@ -14,8 +14,9 @@ pass `on_damaged` to warn and skip it.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from metapretrain.io import InputError, parse_jsonl, read_jsonl
@@ -59,6 +60,21 @@ def read_records(path: str | Path, *, on_damaged: Callable[[InputError], None] |
         else:
             damaged(InputError(path, f"expected a JSON object with a `step`, got {_shape(rec)}", n))
     return out
+
+
+def final_train_loss(train: Iterable[dict]) -> float:
+    """A run's final train loss from its train records (file order): the mean next-token loss over the
+    last logging interval (`loss_interval`: every next-token micro-batch since the record before), or,
+    for runs from before that field, the last update's `loss`; NaN when no record has either."""
+    def value(rec: dict, key: str) -> float | None:
+        v = rec.get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    for rec in reversed(list(train)):
+        for key in ("loss_interval", "loss"):
+            if (v := value(rec, key)) is not None:
+                return v
+    return math.nan
 
 
 def _tail(path: Path, max_bytes: int) -> tuple[bytes, int]:

@@ -229,7 +229,12 @@ class FinetuneSection(_Section):
     extra_train: dict[str, str]
     max_train_sentences: int | None
     max_eval_sentences: int | None
+    seed: int | None  # None: the run's seed (see `seed_of`)
     device: str
+
+    def seed_of(self, run_seed: int) -> int:
+        """The fine-tuning seed: `finetune.seed`, or the run's pretraining seed when it is null."""
+        return run_seed if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def read_data(cfg, train_set: str) -> FinetuneData:
                                    "mapped_to_O": dict(rep.mapped_to_o)}
         return sents
 
-    train = _sample([s for tb in sources for s in read(tb, "train")], ft.max_train_sentences, cfg.seed)
+    train = _sample([s for tb in sources for s in read(tb, "train")], ft.max_train_sentences,
+                    ft.seed_of(cfg.seed))
     dev = _sample([s for tb in sources if "dev" in treebanks[tb] for s in read(tb, "dev")],
                   ft.max_eval_sentences, EVAL_SAMPLE_SEED)
     tests = {tb: _sample(read(tb, "test"), ft.max_eval_sentences, EVAL_SAMPLE_SEED)
@@ -175,7 +176,7 @@ def read_data(cfg, train_set: str) -> FinetuneData:
 
 
 def build_classifier(cfg, run_dir: Path, device: torch.device) -> Classifier:
-    """A TokenClassifier (`finetune.head_type`) on the run's final checkpoint, seeded by the run seed."""
+    """A TokenClassifier (`finetune.head_type`) on the run's final checkpoint, seeded by the fine-tuning seed."""
     import torch
 
     from metapretrain.checkpoint import final_checkpoint, load_model
@@ -188,7 +189,7 @@ def build_classifier(cfg, run_dir: Path, device: torch.device) -> Classifier:
     backbone = load_model(ckpt, device=device)
     tokenizer = load_tokenizer(paths.tokenizer_file(paths.pretrain_dir(run_dir)))
     names = label_names(ft.labels)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ft.seed_of(cfg.seed))
     clf = TokenClassifier(backbone, len(names), ft.head_type).to(device)
     return Classifier(clf, WordEncoder(tokenizer), names, min(ft.max_length, backbone.cfg.max_seq_len), device,
                       ckpt.step)
@@ -207,7 +208,7 @@ def train_classifier(model: Classifier, data: FinetuneData, cfg, train_set: str,
     with Progress(f"finetune {train_set}~{regime}", total=ft.epochs * n_batches, unit="batches") as bar:
         result = fit(model.clf, train_src, dev_src, model.names, regime=regime, epochs=ft.epochs,
                      batch_size=ft.batch_size, lr=ft.lr, head_lr=ft.head_lr, weight_decay=ft.weight_decay,
-                     patience=ft.patience, seed=cfg.seed, state_path=out / STATE_FILE, progress=bar)
+                     patience=ft.patience, seed=ft.seed_of(cfg.seed), state_path=out / STATE_FILE, progress=bar)
     return result, dev_src
 
 

@@ -31,6 +31,7 @@ import torch
 
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
+from metapretrain.cost import update_cost
 from metapretrain.data.shards import open_split, read_manifest
 from metapretrain.device import resolve_device
 from metapretrain.launch import preemption
@@ -52,7 +53,8 @@ class NonFiniteError(RuntimeError):
 @dataclass
 class Counters:
     step: int = 0  # optimizer updates done (skipped non-finite updates included)
-    tokens: int = 0
+    tokens: int = 0  # every step kind's (a meta step's episode windows included)
+    tokens_ntp: int | None = 0  # next-token steps' only; None: resumed from a checkpoint that did not count them
     flops: float = 0.0
     wall: float = 0.0  # seconds inside the loop, summed over attempts
 
@@ -92,7 +94,11 @@ class Trainer:
 
         self.model = Decoder(self.model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
-        planned = schedule.planned_updates(t, self.model.flops_per_token(t.seq_len)) * t.grad_accum
+        # A token or FLOP budget sizes the schedule and compile policy on the expected cost of an update
+        # under the step-kind mix (a meta micro-batch costs what its kind says, not a next-token batch's);
+        # a steps budget needs no cost, so a kind without `expected_cost` still trains under one.
+        self.update_cost = None if t.budget.unit == "steps" else update_cost(cfg, self.model_cfg, self.dist.world)
+        planned = schedule.planned_updates(t, self.update_cost) * t.grad_accum
         self.compile = runtime.use_compile(t.compile, self.device, planned)
         if self.compile:
             self.model.compile_blocks()
@@ -116,14 +122,16 @@ class Trainer:
         self.model_params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, extra, t, self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.flops_per_token = self.model.flops_per_token(t.seq_len)
-        self.schedule = schedule.from_config(t, self.flops_per_token)
+        self.schedule = schedule.from_config(t, self.update_cost)
         self.counters = Counters()
         self.metrics = MetricsWriter(paths.metrics_file(run_dir))
         self.wandb: WandbLogger | None = None
         self.last_checkpoint: int | None = None
         self.final_step: int | None = None
         self._window = {"tokens": 0, "seconds": 0.0}
+        # Next-token losses since the last train record (its `loss_interval`); checkpointed, so a resumed
+        # run logs the same interval means as an uninterrupted one.
+        self._losses = {"sum": 0.0, "count": 0}
 
     # ----------------------------------------------------------------- state
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -133,7 +141,8 @@ class Trainer:
         return {"format": STATE_FORMAT, "optimizer": self.dist.optimizer_state(self.model, self.optimizer),
                 "schedule": self.schedule.state_dict(),
                 "kinds": {name: kind.state_dict() for name, kind in self.mix.kinds.items()},
-                "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters)}
+                "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters),
+                "losses": dict(self._losses)}
 
     def resume(self) -> ckpt.CheckpointInfo | None:
         """Load the newest verified checkpoint, if any; cut metrics.jsonl back to it."""
@@ -166,12 +175,13 @@ class Trainer:
             self.dist.load_sharded(self.model, self.optimizer, self.modules(), info.path / ckpt.DCP_DIR)
         else:
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.schedule = schedule.from_config(self.cfg.train, self.flops_per_token, state["schedule"]["decay_steps"])
+        self.schedule = schedule.from_config(self.cfg.train, self.update_cost, state["schedule"]["decay_steps"])
         for name, kind in self.mix.kinds.items():
             kind.load_state_dict(state["kinds"].get(name, {}))
         self.batches.load_state_dict(state["batches"])
         runtime.set_rng_state(state["rng"])
-        self.counters = Counters(**state["counters"])
+        self.counters = Counters(**_counters(state["counters"], self.mix))
+        self._losses = dict(state.get("losses", {"sum": 0.0, "count": 0}))  # older checkpoints: from here on
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
             self.metrics.truncate_to(info.step)
@@ -226,6 +236,8 @@ class Trainer:
     def record(self, kind: str, **fields) -> dict:
         c = self.counters
         rec = {"kind": kind, "step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3), **fields}
+        if c.tokens_ntp is not None:
+            rec["tokens_ntp"] = c.tokens_ntp
         if not self.dist.is_main:  # every rank holds the same (all-reduced) values; one writes them
             return rec
         self.metrics.write(rec)
@@ -260,7 +272,7 @@ class Trainer:
         # The base slot's losses make the record's `loss`; the others' metrics are logged as `<slot>/<metric>`.
         base_losses, other_losses, slot_metrics = [], [], defaultdict(list)
         counts = dict.fromkeys(self.mix.names, 0)
-        tokens, flops = 0, 0.0
+        tokens, tokens_ntp, flops = 0, 0, 0.0
         for micro in range(t.grad_accum):
             u, gen_seed = runtime.micro_seeds(self.cfg.seed, c.step, micro)
             name, kind = self.mix.draw(u)
@@ -270,6 +282,8 @@ class Trainer:
                 out = kind.run(scale=1.0 / t.grad_accum, gen=gen)
             counts[name] += 1
             tokens += int(out.tokens)
+            if name == self.mix.base:
+                tokens_ntp += int(out.tokens)
             flops += float(out.flops)
             (base_losses if name == self.mix.base else other_losses).append(float(out.loss))
             for key, value in out.metrics.items():
@@ -278,8 +292,8 @@ class Trainer:
         if self.dist.active:  # global tokens and FLOPs, rank-averaged losses and metrics: one all-reduce
             keys = sorted(slot_metrics)
             flat = base_losses + other_losses + [v for k in keys for v in slot_metrics[k]]
-            (tokens, flops), flat = self.dist.reduce_scalars([tokens, flops], flat)
-            tokens = int(round(tokens))
+            (tokens, tokens_ntp, flops), flat = self.dist.reduce_scalars([tokens, tokens_ntp, flops], flat)
+            tokens, tokens_ntp = int(round(tokens)), int(round(tokens_ntp))
             base_losses, flat = flat[:len(base_losses)], flat[len(base_losses):]
             other_losses, flat = flat[:len(other_losses)], flat[len(other_losses):]
             for k in keys:
@@ -289,12 +303,16 @@ class Trainer:
         finite = math.isfinite(grad_norm) and all(math.isfinite(x) for x in base_losses + other_losses)
         if finite:
             self.optimizer.step()
+            self._losses["sum"] += sum(base_losses)
+            self._losses["count"] += len(base_losses)
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         c.step += 1
         c.tokens += tokens
+        if c.tokens_ntp is not None:
+            c.tokens_ntp += tokens_ntp
         c.flops += flops
         self._window["tokens"] += tokens
         self._window["seconds"] += seconds
@@ -350,6 +368,9 @@ class Trainer:
                     w = self._window
                     fields["tokens_per_s"] = w["tokens"] / w["seconds"] if w["seconds"] > 0 else 0.0
                     self._window = {"tokens": 0, "seconds": 0.0}
+                    if self._losses["count"]:
+                        fields["loss_interval"] = self._losses["sum"] / self._losses["count"]
+                    self._losses = {"sum": 0.0, "count": 0}
                     self.record("train", **fields)
                 if step % t.eval_every == 0 or done:
                     last_eval = self.evaluate()
@@ -368,6 +389,15 @@ class Trainer:
         c = self.counters
         return {"final_step": c.step, "tokens": c.tokens, "flops": c.flops, "wall": round(c.wall, 3),
                 "final_val_loss": last_eval}
+
+
+def _counters(saved: dict, mix: StepMix) -> dict:
+    """A checkpoint's counters; one written before `tokens_ntp` was counted has it only when every
+    token was a next-token one (no other step kind on), else None (not known)."""
+    if "tokens_ntp" in saved:
+        return saved
+    only_next_token = all(s.kind is None for s in mix.slots[1:])
+    return saved | {"tokens_ntp": saved["tokens"] if only_next_token else None}
 
 
 class _Weights:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metapretrain.train.steps import StepCost
 
 KINDS = ("cosine", "linear", "constant")
 
@@ -47,29 +51,29 @@ class Schedule:
         return {"decay_steps": self.decay_steps}
 
 
-def planned_updates(train, flops_per_token: float) -> int:
-    """The budget in optimizer updates: exact for steps, estimated for tokens/FLOPs.
+def planned_updates(train, update: StepCost | None) -> int:
+    """The budget in optimizer updates: exact for steps; for tokens or FLOPs, the budget over `update`,
+    the expected cost of one update under the run's step-kind mix (`cost.update_cost`; None: a steps
+    budget, which needs none).
 
-    The estimate assumes every micro-batch is a next-token batch of
-    batch_size × seq_len tokens; meta steps process a different amount, so a
-    token- or FLOP-budgeted hybrid run ends a little before or after it.
+    The loop stops on the tokens or FLOPs it really counts, so a run drawing more or fewer meta
+    micro-batches than expected ends a few updates after or before this.
     """
     unit, value = train.budget.unit, float(train.budget.value)
     if unit == "steps":
         return max(1, math.ceil(value))
-    tokens_per_update = train.batch_size * train.seq_len * train.grad_accum
-    per_update = tokens_per_update if unit == "tokens" else tokens_per_update * flops_per_token
+    per_update = update.tokens if unit == "tokens" else update.flops
     return max(1, math.ceil(value / per_update))
 
 
-def decay_steps_for(train, flops_per_token: float) -> int:
+def decay_steps_for(train, update: StepCost | None) -> int:
     """`train.decay_steps`, or else the planned number of updates."""
     if train.decay_steps is not None:
         return int(train.decay_steps)
-    return planned_updates(train, flops_per_token)
+    return planned_updates(train, update)
 
 
-def from_config(train, flops_per_token: float, decay_steps: int | None = None) -> Schedule:
+def from_config(train, update: StepCost | None, decay_steps: int | None = None) -> Schedule:
     return Schedule(lr=train.lr, warmup_steps=train.warmup_steps,
-                    decay_steps=decay_steps if decay_steps is not None else decay_steps_for(train, flops_per_token),
+                    decay_steps=decay_steps if decay_steps is not None else decay_steps_for(train, update),
                     kind=train.schedule, min_lr_ratio=train.min_lr_ratio)

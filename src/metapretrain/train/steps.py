@@ -75,7 +75,7 @@ _OPTIONAL_CONTEXT = ("batches", "data")  # the StepContext fields a kind may dec
 class StepCost:
     """What one micro-batch of a step kind processes (tokens) and computes (training FLOPs)."""
 
-    tokens: int
+    tokens: float  # an expected mix of kinds (cost.micro_batch_cost) may be fractional
     flops: float
 
 
