@@ -7,12 +7,18 @@ special plots: proportional effective rank (`per`, `per_*`,
 peaks from peaks.csv marked) and layer × step heatmaps; episodic accuracy
 against PER. Every metric, known or not, appears in an overview figure
 (mean over layers, components and heads per checkpoint).
+
+Over replicates (seeds, `pairing`), `dynamics_peaks_summary` gives per cell,
+metric, component and layer the mean peak step with its 95% Student-t
+interval over the runs that have the peak, and the fraction of the cell's
+runs in which that layer shows a rise-and-fall.
 """
 
 from __future__ import annotations
 
 import math
 
+from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs, safe_name
 from metapretrain.figures.pairing import Design
@@ -174,7 +180,7 @@ def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], met
                         if layer in colors:
                             ax.plot([step], [value], marker="v", ms=5, mec="black", mew=0.6,
                                     mfc=colors[layer] if rf else "none", zorder=5)
-                ax.set_title(d.label[rid] + (f" · {_short_comp(comp)}" if comp else ""))
+                ax.set_title(d.run_title(rid) + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("PER" if is_per(metric) else metric_title(metric))
                 if i == len(chunk) - 1:
@@ -223,7 +229,7 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
                         ax.plot([step], [layer], marker="x" if rf else "+", color="white", ms=4, mew=1.0)
                     ax.set_yticks(layers[:: max(1, len(layers) // 12)])
                 ax.grid(False)
-                ax.set_title(d.label[rid] + (f" · {_short_comp(comp)}" if comp else ""))
+                ax.set_title(d.run_title(rid) + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("layer")
                 if i == len(chunk) - 1:
@@ -335,7 +341,7 @@ def _episodic_vs_per(data: ExperimentData, d: Design, out: Outputs, metrics: lis
         ax.plot(both["per"], both["acc"], color="0.7", lw=0.8, zorder=1)
         sc = ax.scatter(both["per"], both["acc"], c=both.index, cmap=style.SEQ_CMAP, vmin=0, vmax=vmax, s=14,
                         zorder=2)
-        ax.set_title(f"{d.label[rid]} · {d.panel[rid]}")
+        ax.set_title(f"{d.run_title(rid)} · {d.panel[rid]}")
         ax.set_xlabel(f"mean PER ({what})")
         ax.set_ylabel("episodic query accuracy")
     fig.tight_layout()
@@ -368,3 +374,45 @@ def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
                "of the peak, rise before and fall after it, and whether it counts as a rise-and-fall.")
     out.table(p[[*cols, "source"]], "dynamics_peaks", caption, sorted(set(p["source"])),
               formats={"peak_step": "{:.0f}", "layer": "{:.0f}"})
+    summ = peaks_summary(p, d)
+    ns = "/".join(map(str, sorted(set(summ["n_runs"]))))
+    over = ", ".join(d.replicate_axes) or "replicates"
+    caption = (f"Peak step of each learning-dynamics curve per method and {d.panel_title()} over the runs of each "
+               f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs with a peak, "
+               f"with a {stats.T_INTERVAL} (none for n = 1), and the fraction of the cell's runs in which the "
+               "layer shows a rise-and-fall.")
+    out.table(summ, "dynamics_peaks_summary", caption, sorted(set(p["source"])), display=_shown_peaks(summ),
+              latex_drop=("source", "run_ids"))
+
+
+def peaks_summary(peaks, d: Design):
+    """One row per cell, metric, component and layer: peak step mean ± interval, rise-and-fall fraction."""
+    import pandas as pd
+
+    p = peaks.assign(component=[_key(c) for c in peaks.get("component", [math.nan] * len(peaks))],
+                     layer=[_key(x) for x in peaks["layer"]],
+                     rise_fall=[str(v).lower() in ("true", "1", "1.0", "yes")
+                                for v in peaks.get("is_rise_and_fall", [False] * len(peaks))])
+    cells = d.cells(p["run_id"])
+    rows = []
+    for (panel, method), rids in cells.items():
+        sub = p[p["run_id"].isin(rids)]
+        for (metric, comp, layer), g in sub.groupby(["metric", "component", "layer"], sort=True):
+            s = stats.summary(pd.to_numeric(g["peak_step"], errors="coerce"))
+            rows.append({"panel": panel, "method": method, "metric": metric, "component": comp, "layer": layer,
+                         "n_runs": len(rids), "n_peaks": s.n, "peak_step": s.mean, "peak_step_lo": s.lo,
+                         "peak_step_hi": s.hi, "rise_and_fall_fraction": int(g.groupby("run_id")["rise_fall"].any().sum()) / len(rids),
+                         "run_ids": "; ".join(rids), "source": "; ".join(sorted(set(g["source"])))})
+    return pd.DataFrame(rows)
+
+
+def _shown_peaks(summ):
+    shown = summ[["panel", "method", "metric", "component", "layer", "n_runs"]].copy()
+    shown["peak step [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.0f}") for m, lo, hi, n in
+                                   zip(summ["peak_step"], summ["peak_step_lo"], summ["peak_step_hi"], summ["n_peaks"],
+                                       strict=True)]
+    shown["rise-and-fall"] = [f"{f:.0%} of {n}" for f, n in zip(summ["rise_and_fall_fraction"], summ["n_runs"],
+                                                                strict=True)]
+    shown["run_ids"] = summ["run_ids"]
+    shown["source"] = summ["source"]
+    return shown
