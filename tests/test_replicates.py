@@ -206,3 +206,20 @@ def test_grid_file_carries_the_replicate_axes(tmp_path):
     write_grid_file(exp, "x.yaml", tmp_path / "grid.yaml")
     assert yaml.safe_load((tmp_path / "grid.yaml").read_text())["replicates"] == ["seed"]
     assert load_experiment(data={"experiment": "x", "replicates": [], "grid": {"seed": [1, 2]}}).replicates == []
+
+
+def test_vanilla_variants_get_distinct_colours_and_panels_are_named():
+    from metapretrain.figures.pairing import Design
+    from metapretrain.figures.style import VANILLA_COLOR, method_colors
+
+    c = method_colors(["vanilla", "vanilla_flops", "fomaml"])
+    assert c["vanilla"] == VANILLA_COLOR and len(set(c.values())) == 3
+    assert Design([], [], ["model.preset"]).panel_title() == "model"
+    assert Design([], [], ["model.preset", "train.lr"]).panel_title() == "model.preset, train.lr"
+
+
+def test_dynamics_columns_are_cells_with_mean_curves(three):
+    exp, _ = three
+    caption = next(e["caption"] for e in json.loads((exp / "figures" / "index.json").read_text())
+                   if e["file"].startswith("dynamics/dynamics_layers__per"))
+    assert "mean curve" in caption
