@@ -84,7 +84,10 @@ def make_experiment(root: Path, points=(("micro", None), ("mini", None)), ner=Tr
                         ner_rows.append({"pretrain_run": run_id, "method_axes": "{}", "train_set": tr,
                                          "regime": regime, "eval_set": tr, "eval_split": "dev",
                                          "eval_kind": "in_language", "metric": "micro_f1", "value": 0.99})
-    (exp / "grid.yaml").write_text(yaml.safe_dump({"experiment": "synth", "axes": axes, "runs": runs}, sort_keys=False))
+    # `replicates: []`: this fixture's seed axis is a facet (one panel per seed); tests/test_replicates.py
+    # covers the default, where seeds are aggregated.
+    (exp / "grid.yaml").write_text(yaml.safe_dump({"experiment": "synth", "axes": axes, "replicates": [], "runs": runs},
+                                                  sort_keys=False))
     if ner:
         (exp / "ner").mkdir(parents=True)
         pd.DataFrame(ner_rows).to_csv(exp / "ner" / "results.csv", index=False)

@@ -53,6 +53,7 @@ class Experiment:
     axes: list[str]
     runs: list[Run]
     collapsed: list[tuple[str, str]] = field(default_factory=list)  # (dropped id, kept id)
+    replicates: list[str] = field(default_factory=lambda: ["seed"])  # axes the figures aggregate over
 
     def run(self, run_id: str) -> Run:
         for r in self.runs:
@@ -180,7 +181,7 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
         ids[run.run_id] = run
         unique.append(run)
     return Experiment(name=data["experiment"], description=data.get("description", ""), file=file,
-                      axes=list(axes), runs=unique, collapsed=collapsed)
+                      axes=list(axes), runs=unique, collapsed=collapsed, replicates=list(data["replicates"]))
 
 
 def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str, dict]]]:

@@ -7,12 +7,18 @@ special plots: proportional effective rank (`per`, `per_*`,
 peaks from peaks.csv marked) and layer × step heatmaps; episodic accuracy
 against PER. Every metric, known or not, appears in an overview figure
 (mean over layers, components and heads per checkpoint).
+
+Over replicates (seeds, `pairing`), `dynamics_peaks_summary` gives per cell,
+metric, component and layer the mean peak step with its 95% Student-t
+interval over the runs that have the peak, and the fraction of the cell's
+runs in which that layer shows a rise-and-fall.
 """
 
 from __future__ import annotations
 
 import math
 
+from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs, safe_name
 from metapretrain.figures.pairing import Design
@@ -61,6 +67,26 @@ def layer_curves(dyn, run_id: str, metric: str):
     sub = sub.assign(component=[_key(c) for c in sub["component"]], layer=sub["layer"].astype(float).astype(int))
     g = sub.groupby(["component", "layer", "step"], as_index=False)["value"].mean()
     return {c: part.drop(columns="component") for c, part in g.groupby("component", sort=True)}
+
+
+def cell_curves(dyn, run_ids: list[str], metric: str):
+    """`layer_curves` averaged over a cell's replicates at each step (one run: its own curves)."""
+    import pandas as pd
+
+    per_run = [layer_curves(dyn, r, metric) for r in run_ids]
+    if len(per_run) == 1:
+        return per_run[0]
+    out = {}
+    for comp in sorted({c for curves in per_run for c in curves}):
+        both = pd.concat([curves[comp] for curves in per_run if comp in curves], ignore_index=True)
+        out[comp] = both.groupby(["layer", "step"], as_index=False)["value"].mean()
+    return out
+
+
+def _columns(d: Design, rids: list[str]) -> list[tuple[str, list[str]]]:
+    """One figure column per cell of the panel: (title, its runs); replicates share a column (their mean)."""
+    return [(f"{m} (mean of {len(members)})" if len(members) > 1 else d.run_title(members[0]), members)
+            for (_, m), members in d.cells(rids).items()]
 
 
 def render(data: ExperimentData, d: Design, out: Outputs) -> None:
@@ -157,24 +183,25 @@ def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], met
     comps = _components(data, rids, metric)
     if not comps:
         return
-    curves = {r: layer_curves(data.dynamics, r, metric) for r in rids}
-    layers = sorted({int(x) for c in curves.values() for part in c.values() for x in part["layer"]})
+    columns = _columns(d, rids)
+    curves = [cell_curves(data.dynamics, members, metric) for _, members in columns]
+    layers = sorted({int(x) for c in curves for part in c.values() for x in part["layer"]})
     colors = style.depth_colors(layers)
     for group, chunk in component_groups(comps):
-        fig, axes = plt.subplots(len(chunk), len(rids), squeeze=False, sharex=True, sharey="row",
-                                 figsize=(3.0 * len(rids) + 0.6, 1.9 * len(chunk) + 0.4))
+        fig, axes = plt.subplots(len(chunk), len(columns), squeeze=False, sharex=True, sharey="row",
+                                 figsize=(3.0 * len(columns) + 0.6, 1.9 * len(chunk) + 0.4))
         for i, comp in enumerate(chunk):
-            for j, rid in enumerate(rids):
+            for j, (title, members) in enumerate(columns):
                 ax = axes[i][j]
-                part = curves[rid].get(comp)
+                part = curves[j].get(comp)
                 if part is not None:
                     for layer, g in part.groupby("layer"):
                         ax.plot(g["step"], g["value"], color=colors[int(layer)], lw=1.0)
-                    for layer, step, value, rf in _peaks_for(data, rid, metric, comp):
+                    for layer, step, value, rf in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
                         if layer in colors:
                             ax.plot([step], [value], marker="v", ms=5, mec="black", mew=0.6,
                                     mfc=colors[layer] if rf else "none", zorder=5)
-                ax.set_title(d.label[rid] + (f" · {_short_comp(comp)}" if comp else ""))
+                ax.set_title(title + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("PER" if is_per(metric) else metric_title(metric))
                 if i == len(chunk) - 1:
@@ -189,7 +216,8 @@ def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], met
         fig.suptitle(f"{what} per layer · {panel}", y=1.0 + 0.25 / fig.get_figheight())
         caption = (f"{what.capitalize()} ({metric}) of each layer over training, one line per layer "
                    f"(colour = depth), vanilla vs meta (columns), one row per component, model {panel}; "
-                   "triangles: the peak found by the dynamics stage (filled = a rise-and-fall).")
+                   "triangles: the peak found by the dynamics stage (filled = a rise-and-fall); a column of several "
+                   "runs (replicates) shows their mean curve and every run's peak.")
         out.figure(fig, "dynamics", safe_name("dynamics_layers", metric, group, panel), caption, inputs)
 
 
@@ -202,28 +230,29 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
     comps = _components(data, rids, metric)
     if not comps:
         return
-    curves = {r: layer_curves(data.dynamics, r, metric) for r in rids}
+    columns = _columns(d, rids)
+    curves = [cell_curves(data.dynamics, members, metric) for _, members in columns]
     for group, chunk in component_groups(comps):
-        vals = [p["value"] for r in rids for c in chunk if (p := curves[r].get(c)) is not None]
+        vals = [p["value"] for cc in curves for c in chunk if (p := cc.get(c)) is not None]
         vmin, vmax = float(min(v.min() for v in vals)), float(max(v.max() for v in vals))
-        fig, axes = plt.subplots(len(chunk), len(rids), squeeze=False, sharex=True, sharey=True,
-                                 figsize=(3.0 * len(rids) + 0.8, 1.7 * len(chunk) + 0.3))
+        fig, axes = plt.subplots(len(chunk), len(columns), squeeze=False, sharex=True, sharey=True,
+                                 figsize=(3.0 * len(columns) + 0.8, 1.7 * len(chunk) + 0.3))
         mesh = None
         for i, comp in enumerate(chunk):
-            for j, rid in enumerate(rids):
+            for j, (title, members) in enumerate(columns):
                 ax = axes[i][j]
-                part = curves[rid].get(comp)
+                part = curves[j].get(comp)
                 if part is not None:
                     grid = part.pivot_table(index="layer", columns="step", values="value")
                     steps = np.asarray(grid.columns, dtype=float)
                     layers = np.asarray(grid.index, dtype=float)
                     mesh = ax.pcolormesh(_edges(steps), _edges(layers), grid.to_numpy(), cmap=style.SEQ_CMAP,
                                          vmin=vmin, vmax=vmax, shading="flat")
-                    for layer, step, _, rf in _peaks_for(data, rid, metric, comp):
+                    for layer, step, _, rf in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
                         ax.plot([step], [layer], marker="x" if rf else "+", color="white", ms=4, mew=1.0)
                     ax.set_yticks(layers[:: max(1, len(layers) // 12)])
                 ax.grid(False)
-                ax.set_title(d.label[rid] + (f" · {_short_comp(comp)}" if comp else ""))
+                ax.set_title(title + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("layer")
                 if i == len(chunk) - 1:
@@ -235,7 +264,8 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
             fig.colorbar(mesh, ax=[a for row in axes for a in row], fraction=0.03, pad=0.02,
                          label=metric_title(metric))
         caption = (f"{what.capitalize()} ({metric}) as a layer × step heatmap (heads averaged), vanilla vs meta "
-                   f"(columns), one row per component, model {panel}; × marks a rise-and-fall peak, + another peak.")
+                   f"(columns; several replicates: their mean), one row per component, model {panel}; × marks a "
+                   "rise-and-fall peak, + another peak.")
         out.figure(fig, "dynamics", safe_name("dynamics_heatmap", metric, group, panel), caption, inputs)
 
 
@@ -335,7 +365,7 @@ def _episodic_vs_per(data: ExperimentData, d: Design, out: Outputs, metrics: lis
         ax.plot(both["per"], both["acc"], color="0.7", lw=0.8, zorder=1)
         sc = ax.scatter(both["per"], both["acc"], c=both.index, cmap=style.SEQ_CMAP, vmin=0, vmax=vmax, s=14,
                         zorder=2)
-        ax.set_title(f"{d.label[rid]} · {d.panel[rid]}")
+        ax.set_title(f"{d.run_title(rid)} · {d.panel[rid]}")
         ax.set_xlabel(f"mean PER ({what})")
         ax.set_ylabel("episodic query accuracy")
     fig.tight_layout()
@@ -368,3 +398,45 @@ def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
                "of the peak, rise before and fall after it, and whether it counts as a rise-and-fall.")
     out.table(p[[*cols, "source"]], "dynamics_peaks", caption, sorted(set(p["source"])),
               formats={"peak_step": "{:.0f}", "layer": "{:.0f}"})
+    summ = peaks_summary(p, d)
+    ns = "/".join(map(str, sorted(set(summ["n_runs"]))))
+    over = ", ".join(d.replicate_axes) or "replicates"
+    caption = (f"Peak step of each learning-dynamics curve per method and {d.panel_title()} over the runs of each "
+               f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs with a peak, "
+               f"with a {stats.T_INTERVAL} (none for n = 1), and the fraction of the cell's runs in which the "
+               "layer shows a rise-and-fall.")
+    out.table(summ, "dynamics_peaks_summary", caption, sorted(set(p["source"])), display=_shown_peaks(summ),
+              latex_drop=("source", "run_ids"))
+
+
+def peaks_summary(peaks, d: Design):
+    """One row per cell, metric, component and layer: peak step mean ± interval, rise-and-fall fraction."""
+    import pandas as pd
+
+    p = peaks.assign(component=[_key(c) for c in peaks.get("component", [math.nan] * len(peaks))],
+                     layer=[_key(x) for x in peaks["layer"]],
+                     rise_fall=[str(v).lower() in ("true", "1", "1.0", "yes")
+                                for v in peaks.get("is_rise_and_fall", [False] * len(peaks))])
+    cells = d.cells(p["run_id"])
+    rows = []
+    for (panel, method), rids in cells.items():
+        sub = p[p["run_id"].isin(rids)]
+        for (metric, comp, layer), g in sub.groupby(["metric", "component", "layer"], sort=True):
+            s = stats.summary(pd.to_numeric(g["peak_step"], errors="coerce"))
+            rows.append({"panel": panel, "method": method, "metric": metric, "component": comp, "layer": layer,
+                         "n_runs": len(rids), "n_peaks": s.n, "peak_step": s.mean, "peak_step_lo": s.lo,
+                         "peak_step_hi": s.hi, "rise_and_fall_fraction": int(g.groupby("run_id")["rise_fall"].any().sum()) / len(rids),
+                         "run_ids": "; ".join(rids), "source": "; ".join(sorted(set(g["source"])))})
+    return pd.DataFrame(rows)
+
+
+def _shown_peaks(summ):
+    shown = summ[["panel", "method", "metric", "component", "layer", "n_runs"]].copy()
+    shown["peak step [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.0f}") for m, lo, hi, n in
+                                   zip(summ["peak_step"], summ["peak_step_lo"], summ["peak_step_hi"], summ["n_peaks"],
+                                       strict=True)]
+    shown["rise-and-fall"] = [f"{f:.0%} of {n}" for f, n in zip(summ["rise_and_fall_fraction"], summ["n_runs"],
+                                                                strict=True)]
+    shown["run_ids"] = summ["run_ids"]
+    shown["source"] = summ["source"]
+    return shown

@@ -66,6 +66,7 @@ class ExperimentData:
     name: str
     axes: list[str]
     runs: list[RunData]
+    replicates: list[str] = field(default_factory=lambda: ["seed"])  # axes aggregated over, not faceted
     ner: object = None  # pandas.DataFrame (ner/results.csv) or None
     dynamics: object = None  # pandas.DataFrame (all runs' dynamics.csv) or None
     peaks: object = None  # pandas.DataFrame (all runs' dynamics/peaks.csv) or None
@@ -106,12 +107,15 @@ def read_metrics(path: Path):
 
 
 def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -> list[dict]:
-    """[{run_id, axes}] from grid.yaml, else the experiment file, else each run's run.json."""
+    """[{run_id, axes}] from grid.yaml, else the experiment file, else each run's run.json (and, from the
+    first two, the replicate axes)."""
     grid = exp_dir / "grid.yaml"
     if grid.exists():
         doc = _read_yaml(grid) or {}
         data.name = str(doc.get("experiment", data.name))
         data.axes = [str(a) for a in doc.get("axes") or []]
+        if "replicates" in doc:  # a grid.yaml written before replicate axes existed keeps the default
+            data.replicates = [str(a) for a in doc["replicates"] or []]
         return [{"run_id": str(r["run_id"]), "axes": {str(k): str(v) for k, v in (r.get("axes") or {}).items()}}
                 for r in doc.get("runs") or []]
     if config is not None and Path(config).exists():
@@ -119,6 +123,7 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
 
         exp = load_experiment(config)
         data.axes = list(exp.axes)
+        data.replicates = list(exp.replicates)
         log.warning("no %s: runs taken from the experiment file %s", grid, config)
         return [{"run_id": r.run_id, "axes": dict(r.axes)} for r in exp.runs]
     runs = []

@@ -1,9 +1,14 @@
-"""Pretraining loss (train and validation) against steps, tokens and FLOPs: one panel per model/facet."""
+"""Pretraining loss (train and validation) against steps, tokens and FLOPs: one panel per model/facet.
+
+A cell with several replicates (seeds) is drawn as its mean with a 95% Student-t band, each replicate's
+curve linearly interpolated onto x values common to all of them (their overlap); one replicate is a plain line.
+"""
 
 from __future__ import annotations
 
 import math
 
+from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs
 from metapretrain.figures.pairing import Design
@@ -37,18 +42,14 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
     fig, axes = style.subplots(len(panels), max_cols=4, w=3.0, h=2.4)
     for ax, panel in zip(axes, panels, strict=True):
         values = []
-        for r in sorted((r for r in runs if d.panel[r.run_id] == panel), key=lambda r: d.methods().index(d.label[r.run_id])):
-            m, c = d.label[r.run_id], colors[d.label[r.run_id]]
-            if r.train is not None and "loss" in r.train:
-                tr = r.train.dropna(subset=["loss"])
-                y = tr["loss"].rolling(smoothing_window(len(tr)), min_periods=1).mean()
-                ax.plot(style.coord_values(tr, coord), y, color=c, lw=0.9, alpha=0.55, label=f"{m} (train)")
-                values += y.tolist()
-            if r.evals is not None and "val_loss" in r.evals:
-                ev = r.evals.dropna(subset=["val_loss"])
-                ax.plot(style.coord_values(ev, coord), ev["val_loss"], color=c, lw=1.5, marker="o", ms=2.5,
-                        label=f"{m} (validation)")
-                values += ev["val_loss"].tolist()
+        for (_, m), rids in d.cells(r.run_id for r in runs if d.panel[r.run_id] == panel).items():
+            members = [r for r in runs if r.run_id in rids]
+            c = colors[m]
+            tr = [_series(r.train, "loss", coord, smooth=True) for r in members]
+            values += _draw(ax, [t for t in tr if t is not None], c, f"{m} (train)", lw=0.9, alpha=0.55)
+            ev = [_series(r.evals, "val_loss", coord) for r in members]
+            values += _draw(ax, [e for e in ev if e is not None], c, f"{m} (validation)", lw=1.5, marker="o",
+                            ms=2.5)
         finite = [v for v in values if math.isfinite(v)]
         if finite:  # the first updates' loss (~ln V) would squash the curves: clip at the 99th percentile
             lo, hi = min(finite), float(np.percentile(finite, 99))
@@ -58,10 +59,79 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
     axes[0].set_ylabel(style.LOSS_LABEL)
     fig.tight_layout()
     style.figure_legend(fig, axes, ncol=4)
+    ns = sorted({len(rids) for rids in d.cells(r.run_id for r in runs).values()})
     caption = (f"Pretraining loss vs {style.COORD_TITLES[coord]}: validation loss (markers, at each evaluation) and "
                "train loss (thin, moving average over ~2.5% of logged updates), vanilla vs meta-learning, "
-               "one panel per model.")
+               f"one panel per {d.panel_title()}; " + _n_phrase(ns, d) + ".")
     out.figure(fig, "loss", f"loss_vs_{coord}", caption, inputs)
+
+
+def _n_phrase(ns: list[int], d: Design) -> str:
+    """How many replicates each curve is, and what its band is."""
+    if ns == [1]:
+        return "n = 1 run per curve, no interval"
+    over = ", ".join(d.replicate_axes) or "replicates"
+    return (f"n = {'/'.join(map(str, ns))} runs per curve ({over}): mean with a {stats.T_INTERVAL} band, "
+            "curves interpolated onto their common x")
+
+
+def _series(df, col: str, coord: str, smooth: bool = False):
+    """(x, y) numpy arrays of a run's `col` against `coord`, sorted by x; None without data."""
+    import numpy as np
+
+    from metapretrain.figures import style
+
+    if df is None or col not in df:
+        return None
+    df = df.dropna(subset=[col])
+    if not len(df):
+        return None
+    y = df[col].rolling(smoothing_window(len(df)), min_periods=1).mean() if smooth else df[col]
+    x = np.asarray(style.coord_values(df, coord), dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(x)
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], y[keep][order]
+
+
+MAX_POINTS = 400  # points of an interpolated mean curve
+
+
+def common_x(xs: list):
+    """x values shared by every replicate: their own when identical, else their overlap's union (≤ MAX_POINTS)."""
+    import numpy as np
+
+    if all(len(x) == len(xs[0]) and np.array_equal(x, xs[0]) for x in xs):
+        return xs[0]
+    lo, hi = max(float(x[0]) for x in xs), min(float(x[-1]) for x in xs)
+    if not lo < hi:
+        return np.array([])
+    grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x in xs]))
+    return grid if len(grid) <= MAX_POINTS else np.linspace(lo, hi, MAX_POINTS)
+
+
+def replicate_band(series: list):
+    """(x, mean, lo, hi) of replicate curves [(x, y)] on their common x (Student-t band, `stats.band`)."""
+    import numpy as np
+
+    x = common_x([s[0] for s in series])
+    ys = np.vstack([np.interp(x, sx, sy) for sx, sy in series]) if len(x) else np.empty((len(series), 0))
+    mean, lo, hi = stats.band(ys)
+    return x, mean, lo, hi
+
+
+def _draw(ax, series: list, color: str, label: str, **kw) -> list[float]:
+    """One curve, or the mean and band of several; returns the y values drawn (for the y limits)."""
+    if not series:
+        return []
+    if len(series) == 1:
+        x, y = series[0]
+        ax.plot(x, y, color=color, label=label, **kw)
+        return y.tolist()
+    x, mean, lo, hi = replicate_band(series)
+    ax.plot(x, mean, color=color, label=f"{label}, mean of {len(series)}", **kw)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    return mean.tolist()
 
 
 def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: list[str]) -> None:
@@ -87,8 +157,51 @@ def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: li
         })
     caption = ("Final pretraining state of every run: last train loss, last validation loss, budget used "
                "(steps, tokens, FLOPs, wall time) and the fraction of micro-batches that were meta steps.")
-    out.table(pd.DataFrame(rows), "pretrain_final", caption, inputs,
+    table = pd.DataFrame(rows)
+    out.table(table, "pretrain_final", caption, inputs,
               formats={"final_train_loss": "{:.4f}", "final_val_loss": "{:.4f}", "meta_fraction": "{:.2f}"})
+    _final_summary(table, d, out, inputs)
+
+
+SUMMARISED = ("final_val_loss", "final_train_loss")
+MEANS = ("steps", "tokens", "flops", "wall_h", "meta_fraction")
+
+
+def final_summary(table, d: Design):
+    """One row per cell (panel, method): n, and mean with 95% Student-t interval of each final loss."""
+    import pandas as pd
+
+    rows = []
+    for (panel, method), rids in d.cells(table["run_id"]).items():
+        sub = table.set_index("run_id").loc[rids]
+        row = {"panel": panel, "method": method, "n": len(rids)}
+        for col in SUMMARISED:
+            s = stats.summary(sub[col])
+            row |= {col: s.mean, f"{col}_lo": s.lo, f"{col}_hi": s.hi, f"{col}_sd": s.sd, f"{col}_n": s.n}
+        row |= {col: float(sub[col].mean()) for col in MEANS}
+        row["run_ids"] = "; ".join(rids)
+        row["source"] = "; ".join(sub["source"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _final_summary(table, d: Design, out: Outputs, inputs: list[str]) -> None:
+    summ = final_summary(table, d)
+    shown = summ[["panel", "method", "n"]].copy()
+    for col in SUMMARISED:
+        shown[f"{col} [95% CI]"] = [stats.fmt_interval(m, lo, hi, n) for m, lo, hi, n in
+                                    zip(summ[col], summ[f"{col}_lo"], summ[f"{col}_hi"], summ[f"{col}_n"],
+                                        strict=True)]
+    for col in MEANS:
+        shown[col] = summ[col]
+    shown["source"] = summ["source"]
+    ns = sorted(set(summ["n"]))
+    over = ", ".join(d.replicate_axes) or "replicates"
+    caption = ("Final pretraining state per method and panel, over the runs of each cell "
+               f"(n = {'/'.join(map(str, ns))} per cell, replicate axes: {over}): mean final validation and train "
+               f"loss with a {stats.T_INTERVAL} (none for n = 1); budget and meta fraction are means.")
+    out.table(summ, "pretrain_final_summary", caption, inputs, display=shown,
+              formats={"meta_fraction": "{:.2f}"})
 
 
 def _meta_fraction(train) -> float:

@@ -14,12 +14,21 @@ set weighing the same.
 **ΔF1** pairs a meta run with its vanilla baseline (see `pairing`) on the same
 train set, regime, eval set and split, and averages meta − vanilla over the
 matched pairs of each eval kind (and over all of them).
+
+**Over replicates** (seeds, `pairing`): each run's summary value is one
+replicate of its cell (method, panel): `ner_summary_cells` gives the mean and
+95% Student-t interval. Each meta run's ΔF1 is one pair (meta seed s against
+vanilla seed s); `ner_delta_f1_tests` gives per cell, regime, eval kind and
+entity the mean ΔF1 over pairs, its 95% interval and the two-sided paired
+t-test p-value (Welch's test when some pair is not same-replicate).
+The heatmaps show each cell's mean over its replicates.
 """
 
 from __future__ import annotations
 
 import math
 
+from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs, safe_name
 from metapretrain.figures.pairing import Design
@@ -126,15 +135,94 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
               "UNER micro-F1 summary per method and model: mean over the eval sets of each kind per train set, "
               "then over train sets, per fine-tuning regime (head-only / full).", inputs,
               formats={c: "{:.3f}" for c in table.columns if not c.endswith("train sets")})
+    cells = summary_cells(table, d)
+    ns = "/".join(map(str, sorted(set(cells["n"]))))
+    over = ", ".join(d.replicate_axes) or "replicates"
+    out.table(cells, "ner_summary_cells",
+              f"UNER micro-F1 summary per method and {d.panel_title()} over the runs of each cell (n = {ns} per "
+              f"cell, replicate axes: {over}): mean of the per-run values of ner_summary with a {stats.T_INTERVAL} "
+              "(none for n = 1).", inputs, display=_shown_cells(cells), latex_drop=("source", "run_ids"))
     deltas = delta_table(data, d)
     if deltas.empty:
         data.skip("NER ΔF1: no meta run has a vanilla baseline with matching NER results")
         return
     caption = ("ΔF1 = meta − vanilla (paired by the pairing rule), averaged over matched train set × eval set "
-               "pairs, by entity type, eval kind, regime and model.")
+               f"pairs, by entity type, eval kind, regime and {d.panel_title()}.")
     out.table(deltas, "ner_delta_f1", caption, inputs,
               formats={"meta_f1": "{:.3f}", "vanilla_f1": "{:.3f}", "delta_f1": "{:+.3f}"})
-    _delta_figure(deltas, d, out, caption, inputs)
+    tests = delta_tests(deltas, d)
+    test_names = sorted({stats.PAIRED_TEST if p else stats.UNPAIRED_TEST for p in tests["paired"]})
+    tcaption = ("ΔF1 = meta − vanilla per method, " + d.panel_title() + ", regime, eval kind and entity over the "
+                f"meta runs of each cell (one pair per run; n pairs = {'/'.join(map(str, sorted(set(tests['n']))))}):"
+                f" mean ΔF1, its 95% CI and the p-value of the {' / '.join(test_names)} "
+                "(no interval and no test for n = 1).")
+    out.table(tests, "ner_delta_f1_tests", tcaption, inputs, display=_shown_tests(tests),
+              latex_drop=("source", "run_ids"))
+    _delta_figure(tests, d, out, tcaption + " Bars: mean ΔF1, whiskers: its 95% CI.", inputs)
+
+
+def summary_cells(table, d: Design):
+    """`summary_table` rows grouped by cell: n, and mean with 95% Student-t interval of every value column."""
+    import pandas as pd
+
+    values = [c for c in table.columns if c not in ("method", "panel", "run_id", "source")
+              and not c.endswith("train sets")]
+    rows = []
+    for (panel, method), rids in d.cells(table["run_id"]).items():
+        sub = table.set_index("run_id").loc[rids]
+        row = {"panel": panel, "method": method, "n": len(rids)}
+        for col in values:
+            s = stats.summary(sub[col])
+            row |= {col: s.mean, f"{col} lo": s.lo, f"{col} hi": s.hi, f"{col} n": s.n}
+        row["run_ids"] = "; ".join(rids)
+        row["source"] = "ner/results.csv"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _shown_cells(cells):
+    shown = cells[["panel", "method", "n"]].copy()
+    for col in cells.columns:
+        if f"{col} lo" in cells.columns:
+            shown[f"{col} [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.3f}") for m, lo, hi, n in
+                                        zip(cells[col], cells[f"{col} lo"], cells[f"{col} hi"], cells[f"{col} n"],
+                                            strict=True)]
+    shown["run_ids"] = cells["run_ids"]
+    shown["source"] = cells["source"]
+    return shown
+
+
+def delta_tests(deltas, d: Design):
+    """ΔF1 over a cell's pairs, per regime, scope and entity: mean, 95% interval, n, two-sided p-value."""
+    import pandas as pd
+
+    rows = []
+    keys = ["panel", "method", "regime", "scope", "entity"]
+    for key, g in deltas.groupby(keys, sort=False):
+        is_paired = all(d.paired.get(r, True) for r in g["run_id"])
+        if is_paired:
+            t = stats.paired(g["meta_f1"], g["vanilla_f1"])
+        else:  # a baseline may serve several meta runs: each vanilla run counts once
+            base = g.drop_duplicates("baseline_run")["vanilla_f1"]
+            t = stats.unpaired(g["meta_f1"], base)
+        rows.append(dict(zip(keys, key, strict=True)) | {
+            "n": t.n, "meta_f1": g["meta_f1"].mean(), "vanilla_f1": g["vanilla_f1"].mean(),
+            "delta_f1": t.mean_diff, "delta_f1_lo": t.lo, "delta_f1_hi": t.hi, "p": t.p, "paired": is_paired,
+            "test": t.test if t.n >= 2 else "none (n = 1)", "run_ids": "; ".join(g["run_id"]),
+            "source": "ner/results.csv"})
+    return pd.DataFrame(rows)
+
+
+def _shown_tests(tests):
+    shown = tests[["panel", "method", "regime", "scope", "entity", "n", "meta_f1", "vanilla_f1"]].copy()
+    shown["ΔF1 [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:+.3f}") for m, lo, hi, n in
+                             zip(tests["delta_f1"], tests["delta_f1_lo"], tests["delta_f1_hi"], tests["n"],
+                                 strict=True)]
+    shown["p"] = [stats.fmt_p(p) for p in tests["p"]]
+    shown["test"] = tests["test"]
+    shown["run_ids"] = tests["run_ids"]
+    shown["source"] = tests["source"]
+    return shown
 
 
 def _eval_order(df) -> tuple[list[str], int]:
@@ -153,45 +241,49 @@ def _heatmaps(df, d: Design, out: Outputs, inputs: list[str]) -> None:
     rows = sorted(set(f1["train_set"]), key=lambda s: (s == "all", s))
     for panel in d.panels():
         for regime in sorted(f1["regime"].unique()):
-            has = f1.loc[f1["regime"] == regime, "pretrain_run"]
-            rids = sorted({rid for rid in has if d.panel[rid] == panel},
-                          key=lambda rid: (d.methods().index(d.label[rid]), rid))
-            if not rids:
+            has = set(f1.loc[f1["regime"] == regime, "pretrain_run"])
+            cells = [(m, members) for (p, m), members in d.cells(has).items() if p == panel]
+            if not cells:
                 continue
             longest = max(len(str(r)) for r in rows)
             w = 0.5 * len(cols) + 0.06 * longest + 1.6
             # Many eval sets: stack the methods vertically so each heatmap keeps readable cells.
-            fig, axes = style.subplots(len(rids), max_cols=2 if len(cols) <= 6 else 1, w=w,
+            fig, axes = style.subplots(len(cells), max_cols=2 if len(cols) <= 6 else 1, w=w,
                                        h=0.4 * len(rows) + 2.3)
-            for k, (ax, rid) in enumerate(zip(axes, rids, strict=True)):
-                sub = f1[(f1["pretrain_run"] == rid) & (f1["regime"] == regime)]
-                grid = sub.pivot_table(index="train_set", columns="eval_set", values="value", aggfunc="mean")
+            for k, (ax, (method, members)) in enumerate(zip(axes, cells, strict=True)):
+                sub = f1[f1["pretrain_run"].isin(members) & (f1["regime"] == regime)]
+                # Per run first, then over runs: each replicate weighs the same.
+                grid = (sub.groupby(["pretrain_run", "train_set", "eval_set"])["value"].mean()
+                        .groupby(["train_set", "eval_set"]).mean().unstack("eval_set"))
                 grid = grid.reindex(index=rows, columns=cols)
                 sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap=style.SEQ_CMAP, annot=len(cols) <= 20,
                             fmt=".2f", annot_kws={"fontsize": 6}, cbar=False, linewidths=0.3, linecolor="white")
                 if 0 < n_trainable < len(cols):
                     ax.axvline(n_trainable, color="black", lw=1.5)
-                ax.set_title(d.label[rid])
+                ax.set_title(method + (f" (mean of {len(members)})" if len(members) > 1 else ""))
                 ax.set_xlabel("eval set (test split)")
                 ax.set_ylabel("train set" if k == 0 else "")
                 ax.tick_params(axis="y", rotation=0)
             fig.suptitle(f"{panel} · {regime} fine-tuning")
             fig.tight_layout()
             fig.colorbar(axes[0].collections[0], ax=axes, fraction=0.03, pad=0.02, label="micro-F1")
+            ns = "/".join(map(str, sorted({len(m) for _, m in cells})))
             caption = (f"UNER strict entity-level micro-F1 on each test set (columns; test-only treebanks right of "
-                       f"the black line) after {regime} fine-tuning on each train set (rows), model {panel}.")
+                       f"the black line) after {regime} fine-tuning on each train set (rows), {d.panel_title()} "
+                       f"{panel}; n = {ns} run(s) per method" + (", cells are means over them" if ns != "1" else "")
+                       + ".")
             out.figure(fig, "ner", safe_name("ner_f1_heatmap", panel, regime), caption, inputs)
 
 
-def _delta_figure(deltas, d: Design, out: Outputs, caption: str, inputs: list[str]) -> None:
+def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str]) -> None:
     import numpy as np
 
     from metapretrain.figures import style
 
-    scopes = [s for s in (*KINDS, "all") if (deltas["scope"] == s).any()]
-    regimes = sorted(deltas["regime"].unique(), key=lambda r: (r != "head", r))
-    entities = sorted(deltas["entity"].unique(), key=lambda e: (e != "micro", e))
-    xs = list(dict.fromkeys(zip(deltas["panel"], deltas["method"], strict=True)))
+    scopes = [s for s in (*KINDS, "all") if (tests["scope"] == s).any()]
+    regimes = sorted(tests["regime"].unique(), key=lambda r: (r != "head", r))
+    entities = sorted(tests["entity"].unique(), key=lambda e: (e != "micro", e))
+    xs = list(dict.fromkeys(zip(tests["panel"], tests["method"], strict=True)))
     multi = len({m for _, m in xs}) > 1
     colors = dict(zip(entities, style.OKABE_ITO, strict=False))
     import matplotlib.pyplot as plt
@@ -204,20 +296,28 @@ def _delta_figure(deltas, d: Design, out: Outputs, caption: str, inputs: list[st
             ax = axes[i][j]
             ax.axhline(0, color="black", lw=0.8)
             for k, ent in enumerate(entities):
-                vals = []
+                vals, lo, hi = [], [], []
                 for p, m in xs:
-                    sel = deltas[(deltas["panel"] == p) & (deltas["method"] == m) & (deltas["regime"] == regime)
-                                 & (deltas["scope"] == scope) & (deltas["entity"] == ent)]
-                    vals.append(float(sel["delta_f1"].iloc[0]) if len(sel) else np.nan)
+                    sel = tests[(tests["panel"] == p) & (tests["method"] == m) & (tests["regime"] == regime)
+                                & (tests["scope"] == scope) & (tests["entity"] == ent)]
+                    row = sel.iloc[0] if len(sel) else None
+                    vals.append(float(row["delta_f1"]) if row is not None else np.nan)
+                    lo.append(float(row["delta_f1_lo"]) if row is not None else np.nan)
+                    hi.append(float(row["delta_f1_hi"]) if row is not None else np.nan)
                 pos = np.arange(len(xs)) - 0.4 + width * (k + 0.5)
-                ax.bar(pos, np.array(vals) * 100, width=width * 0.9, color=colors[ent],
+                v = np.array(vals) * 100
+                ax.bar(pos, v, width=width * 0.9, color=colors[ent],
                        label="micro-F1" if ent == "micro" else f"{ent} F1")
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():
+                    err = np.vstack([v - np.array(lo) * 100, np.array(hi) * 100 - v])
+                    ax.errorbar(pos[ok], v[ok], yerr=err[:, ok], ls="", color="black", lw=0.7, capsize=1.5)
             ax.set_xticks(range(len(xs)), [f"{p}\n{m}" if multi else p for p, m in xs], fontsize=7)
             ax.set_title(f"{regime} fine-tuning · {KIND_TITLES[scope]}")
             if j == 0:
                 ax.set_ylabel("ΔF1, meta − vanilla (pp)")
             if i == len(scopes) - 1:
-                ax.set_xlabel("model")
+                ax.set_xlabel(d.panel_title())
     flat = [a for row in axes for a in row]
     fig.tight_layout()
     style.figure_legend(fig, flat, ncol=len(entities))

@@ -53,12 +53,17 @@ def apply() -> None:
     _applied = True
 
 
+# Further vanilla variants (e.g. `vanilla_flops`, an LR sweep): greys, so each baseline stays tellable apart.
+VANILLA_SHADES = (VANILLA_COLOR, "#7F7F7F", "#4D4D4D", "#B3B3B3", "#262626", "#999999")
+
+
 def method_colors(methods: list[str]) -> dict[str, str]:
-    """Vanilla in black, each other method a fixed Okabe–Ito colour in the given order."""
-    out, i = {}, 0
+    """Vanilla methods in black and greys (in order), each other method a fixed Okabe–Ito colour in order."""
+    out, i, v = {}, 0, 0
     for m in methods:
         if m.startswith("vanilla"):
-            out[m] = VANILLA_COLOR
+            out[m] = VANILLA_SHADES[v % len(VANILLA_SHADES)]
+            v += 1
         else:
             out[m] = OKABE_ITO[i % len(OKABE_ITO)]
             i += 1
