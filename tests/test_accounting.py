@@ -133,8 +133,13 @@ def test_loss_interval_is_the_mean_over_the_logging_interval_and_survives_a_resu
         interval = [per_update[s] for s in range(previous + 1, r["step"] + 1) if per_update[s]["n_next_token"]]
         n = sum(u["n_next_token"] for u in interval)
         assert r["loss_interval"] == pytest.approx(sum(u["loss"] * u["n_next_token"] for u in interval) / n)
+        for slot in ("n_meta", "n_next_token"):  # the counts cover the interval too, across the resume
+            assert r[slot] == sum(per_update[s][slot] for s in range(previous + 1, r["step"] + 1))
         previous = r["step"]
     assert {r["loss_interval"] for r in logged} != {r.get("loss") for r in logged}
+    # So the records' counts sum to every micro-batch the run drew (the true meta fraction).
+    assert sum(r["n_meta"] + r["n_next_token"] for r in logged) == 9 * 2
+    assert sum(r["n_meta"] for r in logged) == sum(u["n_meta"] for u in per_update.values())
 
 
 def test_final_train_loss_from_a_constructed_metrics_file(tmp_path):

@@ -12,6 +12,7 @@ from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs
 from metapretrain.figures.pairing import Design
+from metapretrain.metrics_log import final_train_loss
 
 X_AXES = ("step", "tokens", "flops")
 
@@ -146,7 +147,7 @@ def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: li
         tr = r.train.dropna(subset=["loss"]) if r.train is not None and "loss" in r.train else None
         rows.append({
             "panel": d.panel[r.run_id], "method": d.label[r.run_id], "run_id": r.run_id,
-            "final_train_loss": float(tr["loss"].iloc[-1]) if tr is not None and len(tr) else math.nan,
+            "final_train_loss": final_train_loss(tr.to_dict("records")) if tr is not None else math.nan,
             "final_val_loss": final_val_loss(r.evals),
             "steps": int(last["step"]) if last is not None else math.nan,
             "tokens": float(last["tokens"]) if last is not None else math.nan,
@@ -155,8 +156,9 @@ def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: li
             "meta_fraction": _meta_fraction(r.train),
             "source": r.rel(data.exp_dir, "pretrain", "metrics.jsonl"),
         })
-    caption = ("Final pretraining state of every run: last train loss, last validation loss, budget used "
-               "(steps, tokens, FLOPs, wall time) and the fraction of micro-batches that were meta steps.")
+    caption = ("Final pretraining state of every run: train loss (mean next-token loss over the last logging "
+               "interval), last validation loss, budget used (steps, tokens, FLOPs, wall time) and the fraction "
+               "of micro-batches that were meta steps.")
     table = pd.DataFrame(rows)
     out.table(table, "pretrain_final", caption, inputs,
               formats={"final_train_loss": "{:.4f}", "final_val_loss": "{:.4f}", "meta_fraction": "{:.2f}"})

@@ -132,6 +132,8 @@ class Trainer:
         # Next-token losses since the last train record (its `loss_interval`); checkpointed, so a resumed
         # run logs the same interval means as an uninterrupted one.
         self._losses = {"sum": 0.0, "count": 0}
+        # Micro-batches of each slot since the last train record (its `n_<slot>`), checkpointed likewise.
+        self._mix_counts = dict.fromkeys(self.mix.names, 0)
 
     # ----------------------------------------------------------------- state
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -142,7 +144,7 @@ class Trainer:
                 "schedule": self.schedule.state_dict(),
                 "kinds": {name: kind.state_dict() for name, kind in self.mix.kinds.items()},
                 "batches": self.batches.state_dict(), "rng": runtime.rng_state(), "counters": asdict(self.counters),
-                "losses": dict(self._losses)}
+                "losses": dict(self._losses), "mix_counts": dict(self._mix_counts)}
 
     def resume(self) -> ckpt.CheckpointInfo | None:
         """Load the newest verified checkpoint, if any; cut metrics.jsonl back to it."""
@@ -182,6 +184,7 @@ class Trainer:
         runtime.set_rng_state(state["rng"])
         self.counters = Counters(**_counters(state["counters"], self.mix))
         self._losses = dict(state.get("losses", {"sum": 0.0, "count": 0}))  # older checkpoints: from here on
+        self._mix_counts = {n: int(state.get("mix_counts", {}).get(n, 0)) for n in self.mix.names}
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
             self.metrics.truncate_to(info.step)
@@ -362,6 +365,8 @@ class Trainer:
                     raise preemption.Preempted(f"pretrain stopped at step {self.counters.step} on request; "
                                                "state saved")
                 fields = self.update()
+                for n in self.mix.names:
+                    self._mix_counts[n] += fields[f"n_{n}"]
                 self.counters.wall = wall0 + time.perf_counter() - session_start
                 step, done = self.counters.step, self.reached()
                 if step % t.log_every == 0 or step == 1 or done:
@@ -371,6 +376,8 @@ class Trainer:
                     if self._losses["count"]:
                         fields["loss_interval"] = self._losses["sum"] / self._losses["count"]
                     self._losses = {"sum": 0.0, "count": 0}
+                    fields.update({f"n_{n}": c for n, c in self._mix_counts.items()})
+                    self._mix_counts = dict.fromkeys(self.mix.names, 0)
                     self.record("train", **fields)
                 if step % t.eval_every == 0 or done:
                     last_eval = self.evaluate()
