@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import write_run_dir
+from helpers import write_run_dir
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_tokenize_config
+from helpers import small_tokenize_config, tiny_model, write_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 METAPRETRAIN = [sys.executable, "-m", "metapretrain.cli"]
@@ -149,8 +149,7 @@ def test_bad_uner_file(tmp_path, results, case, text, line, needle, opts):
 
 # ------------------------------------------------------------------------ stages over results/
 TINY_RUN = {
-    "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
-              "max_seq_len": 64},
+    "model": tiny_model(),
     "train": {"budget": {"unit": "steps", "value": 2}, "batch_size": 2, "seq_len": 16, "eval_batches": 1,
               "checkpoint": {"every": 1, "log_spaced": 0, "export_hf": "none"}},
     "finetune": {"max_train_sentences": 8, "max_eval_sentences": 8, "epochs": 1},
@@ -160,17 +159,7 @@ TINY_RUN = {
 
 
 def write_run(run: Path, over: dict | None = None) -> Path:
-    import json
-
-    import yaml
-
-    from metapretrain.config.load import run_config_from_dict
-
-    raw = {**TINY_RUN, **(over or {})}
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump(run_config_from_dict(raw).to_dict(), sort_keys=True))
-    (run / "run.json").write_text(json.dumps({"run_id": run.name, "experiment": "bad", "hash": "0", "axes": {}}))
-    return run
+    return write_run_dir(run.parent, run.name, {**TINY_RUN, **(over or {})}, "bad")
 
 
 @pytest.fixture(scope="module")

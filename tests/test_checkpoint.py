@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_model
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.checkpoint import format as ckpt_format
@@ -20,8 +21,7 @@ def _run(tmp_path, steps=STEPS):
     from metapretrain.config.load import run_config_from_dict, write_run_config
     from metapretrain.model import Decoder
 
-    cfg = run_config_from_dict({"model": {"preset": "micro", "d_model": 16, "n_layers": 1, "n_heads": 4,
-                                          "n_kv_heads": 2, "ffn_hidden": 32, "max_seq_len": 32},
+    cfg = run_config_from_dict({"model": tiny_model(d_model=16, n_layers=1, ffn_hidden=32, max_seq_len=32),
                                 "train": {"seq_len": 16}, "dynamics": {"probe_batch_size": 2},
                                 "launch": {"launcher": "debug"}})
     run = tmp_path / "run"

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import write_run_dir
+from helpers import REPO, tiny_model, write_run_dir
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.config.overrides import deep_merge
 from metapretrain.cost import CHECKPOINT_OVERHEAD_BYTES, TOKENIZER_BYTES_PER_ENTRY, run_cost
 from metapretrain.grid import load_experiment
 from metapretrain.grid_cli import main as grid_main
-
-REPO = Path(__file__).resolve().parents[1]
 
 SMALL = {
     "tokenizer": {"vocab_size": 512},
@@ -84,9 +81,7 @@ def test_checkpoint_and_export_bytes_match_a_real_run(tmp_path, synthetic_tokeni
     from metapretrain.train.stage import train_run
 
     vocab = json.loads((synthetic_tokenized / "manifest.json").read_text())["vocab_size"]
-    config = {"tokenizer": {"vocab_size": vocab},
-              "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                        "ffn_hidden": 64, "max_seq_len": 64},
+    config = {"tokenizer": {"vocab_size": vocab}, "model": tiny_model(),
               "train": {"budget": {"unit": "steps", "value": 6}, "batch_size": 2, "seq_len": 16, "eval_every": 3,
                         "eval_batches": 1, "checkpoint": {"every": 3, "log_spaced": 2, "export_hf": "final"}},
               "launch": {"launcher": "debug"}, "wandb": {"mode": "disabled"}}

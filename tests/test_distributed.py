@@ -11,42 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from helpers import final_weights, records, tiny_model_config, tiny_run, write_run_dir
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.metrics_log import read_records
+from metapretrain.config.overrides import deep_merge
 from metapretrain.train import distributed
 from metapretrain.train.batches import TokenBatches
 
-TINY = {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
-        "max_seq_len": 64}
-RUN = {
-    "model": TINY,
-    "train": {"budget": {"unit": "steps", "value": 6}, "batch_size": 4, "seq_len": 16, "grad_accum": 2, "lr": 3e-3,
-              "warmup_steps": 2, "decay_steps": 6, "eval_every": 3, "eval_batches": 1, "log_every": 1,
-              "checkpoint": {"every": 2, "log_spaced": 0, "export_hf": "none"}},
-    "launch": {"launcher": "debug"},
-    "wandb": {"mode": "disabled"},
-}
+RUN = tiny_run(train={"budget": {"value": 6}, "batch_size": 4, "grad_accum": 2, "decay_steps": 6, "eval_every": 3,
+                      "eval_batches": 1, "checkpoint": {"every": 2, "log_spaced": 0}})
 META = {"learner": "fomaml", "hybrid_ratio": 0.5,
         "episode": {"n_way": 4, "k_shot": 2, "q_query": 2, "window": 16, "min_count": 8, "max_frequency": 0.05},
         "head": {"layers": 2, "width": 16}, "inner": {"steps": 2, "lr": 0.05}}
 
 
-def make_run(root: Path, name: str, meta: dict | None = None, strategy: str = "auto", **train) -> Path:
-    spec = json.loads(json.dumps(RUN))
-    spec["train"].update(train)
-    spec["train"]["distributed"] = {"strategy": strategy}
-    if meta:
-        spec["meta"] = meta
-    run = root / name
-    run.mkdir(parents=True)
-    cfg = run_config_from_dict(spec)
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": "test", "hash": "0", "axes": {}}))
-    return run
+def make_run(root: Path, name: str, meta: dict | None = None, strategy: str = "auto") -> Path:
+    over = {"train": {"distributed": {"strategy": strategy}}} | ({"meta": meta} if meta else {})
+    return write_run_dir(root, name, deep_merge(RUN, over))
 
 
 def free_port() -> int:
@@ -142,10 +125,6 @@ def spawn(world: int, mode: str, run: Path, data: Path, out: Path | None = None,
     mp.spawn(_worker, args=(world, free_port(), mode, str(run), str(data), str(out), steps), nprocs=world)
 
 
-def final_weights(run: Path) -> dict:
-    return ckpt.load_tensors(ckpt.final_checkpoint(run).path)
-
-
 def assert_weights_close(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -235,10 +214,9 @@ def test_batches_split_the_global_batch_disjointly():
 
 
 def test_forward_hidden_mode_matches_hidden():
-    from metapretrain.model import ModelConfig
     from metapretrain.model.decoder import Decoder
 
-    model = Decoder(ModelConfig(**{k: v for k, v in TINY.items() if k != "preset"}, vocab_size=64))
+    model = Decoder(tiny_model_config(64))
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(model(x, output="hidden"), model.hidden(x))
     assert torch.equal(model(x), model.lm_logits(model.hidden(x)))
@@ -274,7 +252,7 @@ def resume_copy(run: Path, dest: Path, step: int) -> Path:
 
 
 def train_losses(run: Path) -> list[float]:
-    return [r["loss"] for r in read_records(paths.metrics_file(run)) if r["kind"] == "train"]
+    return [r["loss"] for r in records(run, "train")]
 
 
 @pytest.mark.slow
@@ -293,15 +271,15 @@ def test_two_ranks_match_one_and_checkpoints_resume_at_world_size_1_and_2(strate
     two = make_run(tmp_path, "two", strategy=strategy)
     spawn(2, "train", two, tokenized_dir)
 
-    ref_train = [r for r in read_records(paths.metrics_file(ref)) if r["kind"] == "train"]
-    two_train = [r for r in read_records(paths.metrics_file(two)) if r["kind"] == "train"]
+    ref_train = records(ref, "train")
+    two_train = records(two, "train")
     assert [r["step"] for r in two_train] == list(range(1, 7))  # rank 0 alone wrote metrics
     for a, b in zip(ref_train, two_train, strict=True):
         assert a["tokens"] == b["tokens"]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    ref_eval = [r["val_loss"] for r in read_records(paths.metrics_file(ref)) if r["kind"] == "eval"]
-    two_eval = [r["val_loss"] for r in read_records(paths.metrics_file(two)) if r["kind"] == "eval"]
+    ref_eval = [r["val_loss"] for r in records(ref, "eval")]
+    two_eval = [r["val_loss"] for r in records(two, "eval")]
     assert two_eval == pytest.approx(ref_eval, rel=1e-5)
     assert_weights_close(final_weights(two), final_weights(ref))
     assert json.loads((paths.pretrain_dir(two) / "done.json").read_text())["final_step"] == 6
@@ -420,10 +398,10 @@ def test_fsdp_shards_resume_at_another_world_size_and_with_meta_modules(tokenize
     spawn(2, "train", again, tokenized_dir)
     assert "shards of dcp/)" in capfd.readouterr().out
     def curve(run: Path) -> list[float]:  # an update of meta steps only logs no next-token loss
-        records = [r for r in read_records(paths.metrics_file(run)) if r["kind"] == "train"]
-        return [r.get("loss", r.get("meta/query_loss")) for r in records] + [r["grad_norm"] for r in records]
+        train = records(run, "train")
+        return [r.get("loss", r.get("meta/query_loss")) for r in train] + [r["grad_norm"] for r in train]
 
-    assert sum(r["n_meta"] for r in read_records(paths.metrics_file(meta)) if r["kind"] == "train") > 0
+    assert sum(r["n_meta"] for r in records(meta, "train")) > 0
     assert curve(again) == pytest.approx(curve(meta), rel=1e-5)
     assert_weights_close(final_weights(again), final_weights(meta))
     assert_weights_close(ckpt.load_modules(ckpt.final_checkpoint(again).path)["episode_head"],

@@ -2,7 +2,8 @@
 NaN/inf losses and an unreachable W&B. Each test checks that nothing already trained is lost.
 
 Runs go through the real `metapretrain pretrain` CLI in a subprocess (launcher `debug`, so the
-job runs inside that process) with the tiny model below and a checkpoint after every update.
+job runs inside that process) with the tests' tiny run (helpers.tiny_run, changed by FAULTS below)
+and a checkpoint after every update.
 The child wrapper `_CHILD` adds test-only hooks, switched on by environment variables:
 
 * `FAULTS_CKPT_SLOW_S`: every `torch.save` (the optimizer state of a checkpoint) prints
@@ -33,7 +34,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_run_dir
+import helpers
+from helpers import child_env, comparable, records
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.config.overrides import deep_merge
@@ -43,17 +45,9 @@ from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
 from metapretrain.train.stage import train_run
 
-REPO = Path(__file__).resolve().parents[1]
 BUDGET = 40
-TINY = {
-    "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
-              "max_seq_len": 64},
-    "train": {"budget": {"unit": "steps", "value": BUDGET}, "batch_size": 2, "seq_len": 16, "lr": 3e-3,
-              "warmup_steps": 2, "eval_every": 5, "eval_batches": 1, "log_every": 1,
-              "checkpoint": {"every": 1, "log_spaced": 0, "export_hf": "none"}},
-    "launch": {"launcher": "debug"},
-    "wandb": {"mode": "disabled"},
-}
+FAULTS = {"train": {"budget": {"value": BUDGET}, "eval_every": 5, "eval_batches": 1,
+                    "checkpoint": {"every": 1, "log_spaced": 0}}}
 
 _CHILD = r"""
 import os, shutil, sys, time
@@ -96,32 +90,24 @@ sys.exit(main(["pretrain", "--run-dir", sys.argv[1], "--data", sys.argv[2]]))
 
 
 def make_run(root: Path, name: str, **over) -> Path:
-    return write_run_dir(root, name, deep_merge(TINY, over), "faults")
+    return helpers.make_run(root, name, "faults", **deep_merge(FAULTS, over))
 
 
-@pytest.fixture(scope="session")
-def tok(synthetic_tokenized) -> Path:
-    return synthetic_tokenized
+def faults_env(**extra) -> dict:
+    return child_env(**{"WANDB_MODE": "disabled", **extra})
 
 
-def child_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               WANDB_MODE="disabled")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def run_child(run: Path, tok: Path, timeout: float = 300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok)], env=child_env(**env),
+def run_child(run: Path, tok_dir: Path, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=faults_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 class Child:
     """A pretrain subprocess whose output lines are read by a thread, so waiting never blocks."""
 
-    def __init__(self, run: Path, tok: Path, **env):
+    def __init__(self, run: Path, tok_dir: Path, **env):
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(run), str(tok)], env=child_env(**env),
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=faults_env(**env),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
@@ -158,15 +144,6 @@ class Child:
         return alive and self.proc.returncode == -signal.SIGKILL
 
 
-def comparable(recs: list[dict]) -> list[dict]:
-    """Records without the timing fields, which legitimately differ between attempts."""
-    return [{k: v for k, v in r.items() if k not in ("wall", "tokens_per_s")} for r in recs]
-
-
-def records(run: Path, kind: str | None = None) -> list[dict]:
-    return [r for r in read_records(paths.metrics_file(run)) if kind is None or r["kind"] == kind]
-
-
 def weight_files(run: Path) -> dict[str, bytes]:
     """model.safetensors of every checkpoint, by directory name."""
     return {p.name: (p / ckpt.MODEL_FILE).read_bytes() for p in sorted(paths.checkpoints_dir(run).glob("step_*"))}
@@ -184,10 +161,10 @@ def bytes_lost(reference: Path, run: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tok) -> Path:
+def reference(tmp_path_factory, tok_dir) -> Path:
     """The uninterrupted run every faulted run must reproduce, made by the same child process."""
     run = make_run(tmp_path_factory.mktemp("reference"), "ref")
-    proc = run_child(run, tok)
+    proc = run_child(run, tok_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run
 
@@ -205,7 +182,7 @@ KILLS = 12
 
 
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing(tmp_path, tok, reference):
+def test_random_sigkills_lose_nothing(tmp_path, tok_dir, reference):
     """12 SIGKILLs at random points (start-up, mid-update, inside checkpoint writes), a restart after each:
     no half-written checkpoint is ever complete-looking, progress never goes back, and the finished run's
     metrics and every checkpoint's weights are bit-identical to the uninterrupted run's."""
@@ -214,7 +191,7 @@ def test_random_sigkills_lose_nothing(tmp_path, tok, reference):
     kills = in_write = 0
     newest, earlier = -1, []
     while kills < KILLS:
-        child = Child(run, tok, FAULTS_CKPT_SLOW_S=0.03)
+        child = Child(run, tok_dir, FAULTS_CKPT_SLOW_S=0.03)
         mode = kills % 3
         if mode == 0:  # inside a checkpoint write: the state file is being written, the manifest is not yet
             reached = child.wait_for("CKPT-WRITE", rng.randint(1, 3))
@@ -243,7 +220,7 @@ def test_random_sigkills_lose_nothing(tmp_path, tok, reference):
         newest = step
         read_records(paths.metrics_file(run))  # parseable (a torn last line is tolerated)
         assert not (paths.pretrain_dir(run) / "done.json").exists()
-    proc = run_child(run, tok)
+    proc = run_child(run, tok_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_run(run, reference)
     assert debris(run) == []  # the restarted run removed what the killed writes left
@@ -284,15 +261,15 @@ DETECTED: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def short_reference(tmp_path_factory, tok) -> Path:
+def short_reference(tmp_path_factory, tok_dir) -> Path:
     run = make_run(tmp_path_factory.mktemp("short"), "short", train={"budget": {"value": 6}})
-    train_run(str(run), str(tok))
+    train_run(str(run), str(tok_dir))
     return run
 
 
 @pytest.mark.parametrize(("case", "name", "damage", "depth"), DAMAGE, ids=[d[0] for d in DAMAGE])
-def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, tok, short_reference, caplog, capsys,
-                                                                  case, name, damage, depth):
+def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, tok_dir, short_reference, caplog,
+                                                                  capsys, case, name, damage, depth):
     run = tmp_path / "short"
     shutil.copytree(short_reference, run)
     (paths.pretrain_dir(run) / "done.json").unlink()  # as if killed before the stage finished
@@ -304,7 +281,7 @@ def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, tok,
             ckpt.verify_checkpoint(d)
     caplog.set_level("WARNING", logger="metapretrain.checkpoint.reader")
     assert ckpt.latest_checkpoint(run).step == 6 - depth  # the previous complete one
-    train_run(str(run), str(tok))
+    train_run(str(run), str(tok_dir))
     warned = caplog.text + capsys.readouterr().out
     for d in damaged:
         assert str(d) in warned, warned
@@ -316,7 +293,7 @@ def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, tok,
     DETECTED.append(case)
 
 
-def test_damaged_final_checkpoint_of_a_finished_run_is_refused(tmp_path, tok, short_reference):
+def test_damaged_final_checkpoint_of_a_finished_run_is_refused(tmp_path, tok_dir, short_reference):
     """Fine-tuning must not quietly fall back to an older checkpoint of a finished run."""
     run = tmp_path / "short"
     shutil.copytree(short_reference, run)
@@ -326,7 +303,7 @@ def test_damaged_final_checkpoint_of_a_finished_run_is_refused(tmp_path, tok, sh
     with pytest.raises(ckpt.CheckpointError, match=f"{final / ckpt.MODEL_FILE}: checksum mismatch.*done.json"):
         ckpt.final_checkpoint(run)
     (paths.pretrain_dir(run) / "done.json").unlink()  # what the message says to do
-    train_run(str(run), str(tok))
+    train_run(str(run), str(tok_dir))
     assert ckpt.final_checkpoint(run).step == 6 and bytes_lost(short_reference, run) == 0
 
 
@@ -347,13 +324,13 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_on_a_real_file_system(small_fs, tok, reference):
+def test_disk_full_on_a_real_file_system(small_fs, tok_dir, reference):
     """The file system fills up during update 3: the run stops with an error naming checkpoint 3 and the
     full disk, checkpoint 2 stays complete and loadable, and once space is freed the run finishes exactly
     like the uninterrupted one."""
     run = make_run(small_fs, "ref")
     filler = small_fs / "filler"
-    proc = run_child(run, tok, FAULTS_FILL_AT=3, FAULTS_FILL_FILE=filler, FAULTS_FILL_LEAVE=64 * 1024)
+    proc = run_child(run, tok_dir, FAULTS_FILL_AT=3, FAULTS_FILL_FILE=filler, FAULTS_FILL_LEAVE=64 * 1024)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     assert "FILLED" in out
@@ -367,12 +344,12 @@ def test_disk_full_on_a_real_file_system(small_fs, tok, reference):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert weight_files(run)["step_00000002"] == weight_files(reference)["step_00000002"]
     filler.unlink()
-    proc = run_child(run, tok)
+    proc = run_child(run, tok_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_run(run, reference)
 
 
-def test_disk_full_injected_enospc(tmp_path, tok, monkeypatch):
+def test_disk_full_injected_enospc(tmp_path, tok_dir, monkeypatch):
     """Where no file system can be mounted: an OSError(ENOSPC) from the state write has the same outcome."""
     run = make_run(tmp_path, "enospc", train={"budget": {"value": 5}})
     real_save = torch.save
@@ -384,14 +361,14 @@ def test_disk_full_injected_enospc(tmp_path, tok, monkeypatch):
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(ckpt.CheckpointError) as exc:
-        train_run(str(run), str(tok))
+        train_run(str(run), str(tok_dir))
     step3 = paths.checkpoints_dir(run) / paths.checkpoint_name(3)
     assert str(exc.value).startswith(f"{step3}: cannot write the checkpoint (disk full")
     assert not step3.exists() and debris(run) == []
     assert ckpt.latest_checkpoint(run).step == 2
     ckpt.load_model(ckpt.latest_checkpoint(run))
     monkeypatch.setattr(torch, "save", real_save)
-    train_run(str(run), str(tok))
+    train_run(str(run), str(tok_dir))
     assert [c.step for c in ckpt.list_checkpoints(run, verify=True)] == [0, 1, 2, 3, 4, 5]
 
 
@@ -453,15 +430,15 @@ def _all_finite(run: Path) -> int:
 
 
 @pytest.mark.parametrize("action", ["skip", "stop"])
-def test_inf_loss_skipped_or_stopped_never_checkpointed(tmp_path, tok, monkeypatch, capsys, action):
+def test_inf_loss_skipped_or_stopped_never_checkpointed(tmp_path, tok_dir, monkeypatch, capsys, action):
     monkeypatch.setitem(steps_mod._STEP_KINDS, "next_token", _PoisonAt)
     run = make_run(tmp_path, action, train={"on_nonfinite": action, "budget": {"value": 5}})
     if action == "stop":
         with pytest.raises(loop_mod.NonFiniteError, match="non-finite loss or gradient at update 3.*on_nonfinite"):
-            train_run(str(run), str(tok))
+            train_run(str(run), str(tok_dir))
         assert ckpt.latest_checkpoint(run).step == 2
     else:
-        train_run(str(run), str(tok))
+        train_run(str(run), str(tok_dir))
         assert "WARNING: update 3 skipped" in capsys.readouterr().out
         w2, w3 = (ckpt.load_tensors(paths.checkpoints_dir(run) / paths.checkpoint_name(s)) for s in (2, 3))
         assert all(torch.equal(w2[k], w3[k]) for k in w2)  # the update was dropped
@@ -471,22 +448,22 @@ def test_inf_loss_skipped_or_stopped_never_checkpointed(tmp_path, tok, monkeypat
     assert _all_finite(run) > 0
 
 
-def test_nan_weights_are_never_checkpointed(tmp_path, tok, monkeypatch):
+def test_nan_weights_are_never_checkpointed(tmp_path, tok_dir, monkeypatch):
     """Weights that turn NaN (skipping cannot help) stop the run at the next checkpoint, which is refused."""
     monkeypatch.setitem(steps_mod._STEP_KINDS, "next_token", _PersistentPoison)
     run = make_run(tmp_path, "nan", train={"on_nonfinite": "skip", "budget": {"value": 5}})
     with pytest.raises(loop_mod.NonFiniteError, match="refusing to checkpoint step 3: non-finite weights in norm.weight"):
-        train_run(str(run), str(tok))
+        train_run(str(run), str(tok_dir))
     assert ckpt.latest_checkpoint(run).step == 2
     assert _all_finite(run) > 0
 
 
 # -------------------------------------------------------------------------------------- W&B failing
 @pytest.mark.slow
-def test_unreachable_wandb_with_a_bad_key_never_stops_training(tmp_path, tok, reference):
+def test_unreachable_wandb_with_a_bad_key_never_stops_training(tmp_path, tok_dir, reference):
     pytest.importorskip("wandb")
     run = make_run(tmp_path, "ref", wandb={"mode": "online"})
-    proc = run_child(run, tok, WANDB_MODE="online", WANDB_API_KEY="bogus" + "0" * 35,
+    proc = run_child(run, tok_dir, WANDB_MODE="online", WANDB_API_KEY="bogus" + "0" * 35,
                      WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT=5, WANDB_DIR=tmp_path / "wandb")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -494,7 +471,7 @@ def test_unreachable_wandb_with_a_bad_key_never_stops_training(tmp_path, tok, re
     assert_same_run(run, reference)
 
 
-def test_wandb_log_failing_mid_run_never_stops_training(tmp_path, tok, monkeypatch):
+def test_wandb_log_failing_mid_run_never_stops_training(tmp_path, tok_dir, monkeypatch):
     """W&B starts, then every log call raises: one warning, and metrics.jsonl still has every record."""
     from metapretrain.train import metrics as metrics_mod
 
@@ -514,7 +491,7 @@ def test_wandb_log_failing_mid_run_never_stops_training(tmp_path, tok, monkeypat
     monkeypatch.setattr(metrics_mod.WandbLogger, "__init__", init)
     run = make_run(tmp_path, "wb", train={"budget": {"value": 5}})
     with pytest.warns(UserWarning, match="W&B log failed"):
-        train_run(str(run), str(tok))
+        train_run(str(run), str(tok_dir))
     assert calls == [0]  # the first failure switches W&B off; training goes on
     assert [r["step"] for r in records(run, "train")] == [1, 2, 3, 4, 5]
     assert done_is_valid(paths.pretrain_dir(run), "pretrain")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_model, write_run_dir
 from metapretrain.data.uner import Sentence, read_iob2
 from metapretrain.finetune.data import WordEncoder, encode, label_names, running_text_keys
 from metapretrain.finetune.evaluate import entities, score
@@ -64,7 +65,7 @@ def make_run(run_dir: Path, data_root: Path, *, vocab: int = 600, d_model: int =
              lines: int = 600) -> Path:
     """A run directory with a real (randomly initialised) checkpoint, its tokenizer and config."""
     from metapretrain.checkpoint import save_checkpoint
-    from metapretrain.config.load import run_config_from_dict, write_run_config
+    from metapretrain.config.load import run_config_from_dict
     from metapretrain.data.tokenizer import train_bpe
     from metapretrain.model import Decoder
 
@@ -74,21 +75,20 @@ def make_run(run_dir: Path, data_root: Path, *, vocab: int = 600, d_model: int =
     tok = train_bpe(text, vocab_size=vocab)
     (run_dir / "pretrain").mkdir(parents=True)
     tok.save(str(run_dir / "pretrain" / "tokenizer.json"))
-    cfg = run_config_from_dict({
+    config = {
         "data": {"root": str(data_root)},
         "tokenizer": {"vocab_size": tok.get_vocab_size()},
-        "model": {"preset": "micro", "d_model": d_model, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1,
-                  "ffn_hidden": 2 * d_model, "vocab_size": tok.get_vocab_size(), "max_seq_len": 128},
+        "model": tiny_model(d_model=d_model, n_heads=2, n_kv_heads=1, ffn_hidden=2 * d_model,
+                            vocab_size=tok.get_vocab_size(), max_seq_len=128),
         "finetune": {"max_length": 48, "epochs": 1, "batch_size": 16, "lr": 3e-3, "device": "cpu",
                      **(finetune or {})},
         "launch": {"launcher": "debug"},
-    })
+    }
+    cfg = run_config_from_dict(config)
     torch.manual_seed(0)
     save_checkpoint(run_dir, 0, model=Decoder(cfg.model.resolved()), state={}, config=cfg.to_dict(), tokens=0, flops=0)
-    write_run_config(run_dir / "config.resolved.yaml", cfg)
-    (run_dir / "run.json").write_text(json.dumps({"run_id": "method~vanilla/model.preset~micro", "axes":
-                                                  {"method": "vanilla", "model.preset": "micro"}}))
-    return run_dir
+    return write_run_dir(run_dir.parent, run_dir.name, config, None, run_id="method~vanilla/model.preset~micro",
+                         axes={"method": "vanilla", "model.preset": "micro"})
 
 
 @pytest.fixture(scope="module")

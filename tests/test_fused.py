@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metapretrain.model import ModelConfig
+from helpers import tiny_model_config
 from metapretrain.model import loss as loss_module
 from metapretrain.model.decoder import Decoder
 from metapretrain.model.loss import chunk_rows, linear_cross_entropy
 
-SMALL = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, vocab_size=97, max_seq_len=32)
+SMALL = tiny_model_config(97, max_seq_len=32)
 
 
 def _reference(h, w, t):

@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 
+from helpers import tiny_model, tiny_model_config
 from metapretrain import checkpoint as ckpt
 from metapretrain.config.load import run_config_from_dict
-from metapretrain.model import ModelConfig
 from metapretrain.model.decoder import Decoder
 
 transformers = pytest.importorskip("transformers")
 
-CFG = ModelConfig(d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_hidden=96, vocab_size=300, max_seq_len=128)
+SIZE = {"d_model": 48, "n_heads": 6, "ffn_hidden": 96, "max_seq_len": 128}
+CFG = tiny_model_config(300, **SIZE)
 
 
 def _perturbed(model: Decoder) -> Decoder:
@@ -40,8 +41,7 @@ def test_llama_logits_equal_ours():
 
 def _checkpoint(tmp_path, tokenizer_dir=None):
     run = tmp_path / "run"
-    cfg = run_config_from_dict({"model": {"preset": "micro", "d_model": 48, "n_layers": 2, "n_heads": 6,
-                                          "n_kv_heads": 2, "ffn_hidden": 96, "max_seq_len": 128}})
+    cfg = run_config_from_dict({"model": tiny_model(**SIZE)})
     torch.manual_seed(1)
     model = _perturbed(Decoder(CFG))
     info = ckpt.save_checkpoint(run, 7, model=model, state={}, config=cfg.to_dict(), tokens=0, flops=0.0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import comparable, crash_at, final_weights, records, tiny_run, write_run_dir
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.config.schema import subschema
 from metapretrain.meta import episode_builder, known_learners, learner
@@ -64,6 +65,17 @@ def gen(seed: int = 3) -> torch.Generator:
 def mlp(h, phi):
     return F.linear(F.relu(F.linear(h, phi["linears.0.weight"], phi["linears.0.bias"])),
                     phi["linears.1.weight"], phi["linears.1.bias"])
+
+
+def first_order_inner_loop(head, hs, labels, steps: int = 2, lr: float = 0.5) -> dict[str, torch.Tensor]:
+    """The reference inner loop, by hand: `steps` SGD steps of `head`'s weights on the support features `hs`,
+    each step's gradient taken at detached weights (first order); the adapted weights, detached."""
+    phi = {n: p.detach().clone() for n, p in head.named_parameters()}
+    for _ in range(steps):
+        leaves = {n: w.requires_grad_() for n, w in phi.items()}
+        g = torch.autograd.grad(F.cross_entropy(mlp(hs, leaves), labels), list(leaves.values()))
+        phi = {n: (w - lr * gi).detach() for (n, w), gi in zip(leaves.items(), g, strict=True)}
+    return phi
 
 
 # -- registry and head ----------------------------------------------------
@@ -135,11 +147,7 @@ def test_fomaml_gradient_equals_hand_computed_first_order_gradient(shard):
     ep = lrn.builder.sample(gen())  # the same episode: sampling is the generator's first use
     with torch.no_grad():
         hs = model.hidden(ep.support)[:, -1]
-    phi = {n: p.detach().clone() for n, p in lrn.head.named_parameters()}
-    for _ in range(2):
-        leaves = {n: w.requires_grad_() for n, w in phi.items()}
-        g = torch.autograd.grad(F.cross_entropy(mlp(hs, leaves), ep.support_labels), list(leaves.values()))
-        phi = {n: (w - 0.5 * gi).detach() for (n, w), gi in zip(leaves.items(), g, strict=True)}
+    phi = first_order_inner_loop(lrn.head, hs, ep.support_labels)
     phi_T = {n: w.requires_grad_() for n, w in phi.items()}
     q_loss = F.cross_entropy(mlp(model.hidden(ep.query)[:, -1], phi_T), ep.query_labels)
     names = [n for n, _ in model.named_parameters() if not n.startswith("lm_head")]
@@ -305,11 +313,7 @@ def test_reptile_head_scope_writes_theta_minus_adapted(shard):
     ep = lrn.builder.sample(gen())
     with torch.no_grad():
         hs = model.hidden(ep.support)[:, -1]
-    phi = {n: p.detach().clone() for n, p in lrn.head.named_parameters()}
-    for _ in range(2):
-        leaves = {n: w.requires_grad_() for n, w in phi.items()}
-        g = torch.autograd.grad(F.cross_entropy(mlp(hs, leaves), ep.support_labels), list(leaves.values()))
-        phi = {n: (w - 0.5 * gi).detach() for (n, w), gi in zip(leaves.items(), g, strict=True)}
+    phi = first_order_inner_loop(lrn.head, hs, ep.support_labels)
     for n, p in lrn.head.named_parameters():
         torch.testing.assert_close(got[f"head.{n}"], (p.detach() - phi[n]) * 0.25 * 2.0)
         assert torch.equal(p, before[f"head.{n}"])
@@ -404,73 +408,41 @@ def test_inner_schedules():
 
 # -- in the training loop, on real text ---------------------------------------
 
-LOOP_RUN = {
-    "model": {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
-              "max_seq_len": 64},
-    "train": {"budget": {"unit": "steps", "value": 8}, "batch_size": 2, "seq_len": 16, "grad_accum": 2, "lr": 3e-3,
-              "warmup_steps": 2, "eval_every": 4, "eval_batches": 1, "log_every": 1,
-              "checkpoint": {"every": 4, "log_spaced": 0, "export_hf": "none"}},
-    "meta": {"learner": "fomaml", "hybrid_ratio": 0.5,
-             "episode": {"n_way": 8, "k_shot": 2, "q_query": 2, "window": 16, "min_count": 8, "max_frequency": 0.05},
-             "head": {"layers": 2, "width": 16}, "inner": {"steps": 3, "lr": 0.05}},
-    "launch": {"launcher": "debug"},
-    "wandb": {"mode": "disabled"},
-}
-
-
-def _make_run(root, name: str):
-    import json
-
-    import yaml
-
-    run = root / name
-    run.mkdir()
-    cfg = run_config_from_dict(LOOP_RUN)
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    (run / "run.json").write_text(json.dumps({"run_id": name, "experiment": "test", "hash": "0", "axes": {}}))
-    return run
+LOOP_RUN = tiny_run(
+    train={"budget": {"value": 8}, "grad_accum": 2, "eval_batches": 1, "checkpoint": {"log_spaced": 0}},
+    meta={"learner": "fomaml", "hybrid_ratio": 0.5,
+          "episode": {"n_way": 8, "k_shot": 2, "q_query": 2, "window": 16, "min_count": 8, "max_frequency": 0.05},
+          "head": {"layers": 2, "width": 16}, "inner": {"steps": 3, "lr": 0.05}})
 
 
 @pytest.mark.slow
 def test_fomaml_run_resumes_bit_identically_after_a_crash(tmp_path, tokenized_dir, monkeypatch):
     from metapretrain import checkpoint as ckpt
-    from metapretrain import paths
-    from metapretrain.metrics_log import read_records
     from metapretrain.train import loop as loop_mod
     from metapretrain.train.stage import train_run
 
-    def comparable(run):
-        recs = read_records(paths.metrics_file(run))
-        return [{k: v for k, v in r.items() if k not in ("wall", "tokens_per_s")} for r in recs]
-
-    full = _make_run(tmp_path, "full")
+    full = write_run_dir(tmp_path, "full", LOOP_RUN)
     train_run(str(full), str(tokenized_dir))
-    train = [r for r in comparable(full) if r["kind"] == "train"]
+    train = comparable(records(full, "train"))
     assert sum(r["n_meta"] for r in train) > 0 and "meta/query_acc" in next(r for r in train if r["n_meta"])
 
-    cut = _make_run(tmp_path, "cut")
-    original = loop_mod.Trainer.update
-
-    def crash(self):
-        if self.counters.step == 6:
-            raise RuntimeError("simulated crash")
-        return original(self)
-
-    monkeypatch.setattr(loop_mod.Trainer, "update", crash)
+    cut = write_run_dir(tmp_path, "cut", LOOP_RUN)
+    original = crash_at(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(str(cut), str(tokenized_dir))
     monkeypatch.setattr(loop_mod.Trainer, "update", original)
     train_run(str(cut), str(tokenized_dir))
 
-    assert comparable(cut) == comparable(full)
-    a, b = (ckpt.load_tensors(ckpt.final_checkpoint(r).path) for r in (full, cut))
+    assert comparable(records(cut)) == comparable(records(full))
+    a, b = final_weights(full), final_weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = (ckpt.load_modules(ckpt.final_checkpoint(r).path)["episode_head"] for r in (full, cut))
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
 
 
-def test_inner_loop_raises_support_accuracy_on_real_episodes(tokenized_dir):
-    """Adaptation fits the support set of real SMLMT episodes, from a freshly initialised model."""
+def real_text_fomaml(tokenized_dir, inner_steps: int):
+    """(FOMAML learner, its decoder, the train shard): 8-way SMLMT episodes of the real tokenized corpus and a
+    freshly initialised d-64 decoder, dropout off."""
     from metapretrain.data.shards import open_split, read_manifest
 
     shard = open_split(tokenized_dir, "train")
@@ -478,13 +450,18 @@ def test_inner_loop_raises_support_accuracy_on_real_episodes(tokenized_dir):
     cfg = run_config_from_dict({"meta": {
         "learner": "fomaml",
         "episode": {"n_way": 8, "k_shot": 4, "q_query": 4, "window": 24, "min_count": 8, "max_frequency": 0.02},
-        "head": {"layers": 2, "width": 32, "dropout": 0.0}, "inner": {"steps": 20, "lr": 0.1}}})
+        "head": {"layers": 2, "width": 32, "dropout": 0.0}, "inner": {"steps": inner_steps, "lr": 0.1}}})
     torch.manual_seed(0)
     model = Decoder(ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=128,
                                 vocab_size=int(shard.max()) + 1, max_seq_len=32))
     ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None,
                       data=TrainingData(shard, special))
-    lrn = learner("fomaml")(ctx)
+    return learner("fomaml")(ctx), model, shard
+
+
+def test_inner_loop_raises_support_accuracy_on_real_episodes(tokenized_dir):
+    """Adaptation fits the support set of real SMLMT episodes, from a freshly initialised model."""
+    lrn, _, _ = real_text_fomaml(tokenized_dir, inner_steps=20)
     outs = [lrn.run(1.0, gen(seed)).metrics for seed in range(6)]
     before = np.mean([m["meta/support_acc_before"] for m in outs])
     after = np.mean([m["meta/support_acc_after"] for m in outs])
@@ -499,22 +476,9 @@ def test_hybrid_fomaml_learns_episodes_above_chance(tokenized_dir):
     The head's output layer starts at zero (EpisodeHead output_init="zero"): with the paper's
     all-Xavier head this tiny model stays at chance over the same budget.
     """
-    from metapretrain.data.shards import open_split, read_manifest
     from metapretrain.model.loss import next_token_loss
 
-    shard = open_split(tokenized_dir, "train")
-    special = read_manifest(tokenized_dir)["special_tokens"]
-    cfg = run_config_from_dict({"meta": {
-        "learner": "fomaml",
-        "episode": {"n_way": 8, "k_shot": 4, "q_query": 4, "window": 24, "min_count": 8, "max_frequency": 0.02},
-        "head": {"layers": 2, "width": 32, "dropout": 0.0}, "inner": {"steps": 10, "lr": 0.1}}})
-    torch.manual_seed(0)
-    vocab = int(shard.max()) + 1
-    model = Decoder(ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=128,
-                                vocab_size=vocab, max_seq_len=32))
-    ctx = StepContext(model=model, cfg=cfg, device=torch.device("cpu"), batches=None,
-                      data=TrainingData(shard, special))
-    lrn = learner("fomaml")(ctx)
+    lrn, model, shard = real_text_fomaml(tokenized_dir, inner_steps=10)
     torch.nn.init.zeros_(lrn.head.linears[-1].weight)
     opt = torch.optim.AdamW(list(model.parameters()) + lrn.parameters(), lr=1e-3, weight_decay=0.0)
     g, accs = gen(0), []

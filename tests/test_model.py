@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import tiny_model_config
 from metapretrain.model import PRESETS, ModelConfig
 from metapretrain.model.decoder import Decoder
 from metapretrain.model.flops import training_flops_per_token
 
-SMALL = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, vocab_size=97, max_seq_len=32)
+SMALL = tiny_model_config(97, max_seq_len=32)
 
 
 def preset(name: str, vocab: int = 1000) -> ModelConfig:

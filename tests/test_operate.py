@@ -12,20 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TRAIN_CHILD, child_env, make_run, records
 from metapretrain import checkpoint as ckpt
 from metapretrain.wandb_run import stable_run_id
-from test_train import _CHILD, make_run, records, tok_dir  # noqa: F401  (tok_dir is a fixture)
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", **extra)
 
 
 def _start_paused(run: Path, tok: Path, pause_at: int, env: dict) -> subprocess.Popen:
     """A real `train_run` subprocess that stops (alive) right after update `pause_at`."""
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(run), str(tok)], env=dict(env, PAUSE_AT=str(pause_at)),
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(run), str(tok)], env=dict(env, PAUSE_AT=str(pause_at)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # READY once paused, EOF if the child died first
         if line.strip() == "READY":
@@ -35,16 +29,16 @@ def _start_paused(run: Path, tok: Path, pause_at: int, env: dict) -> subprocess.
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_is_one_wandb_run(tmp_path, tok_dir):  # noqa: F811
+def test_killed_and_resumed_run_is_one_wandb_run(tmp_path, tok_dir):
     pytest.importorskip("wandb")
     wandb_dir = tmp_path / "wandb"
-    env = _env(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir))
+    env = child_env(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir))
     run = make_run(tmp_path, "killed", wandb={"mode": "offline"}, train={"budget": {"value": 12}})
     proc = _start_paused(run, tok_dir, 6, env)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert ckpt.latest_checkpoint(run).step == 4 and not (run / "pretrain" / "done.json").exists()
-    subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=env, check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(run), str(tok_dir)], env=env, check=True, timeout=300,
                    capture_output=True)
     assert (run / "pretrain" / "done.json").exists()
 
@@ -56,7 +50,7 @@ def test_killed_and_resumed_run_is_one_wandb_run(tmp_path, tok_dir):  # noqa: F8
 
 
 @pytest.mark.slow
-def test_progress_in_a_log_file_is_bounded_plain_lines(tmp_path, tok_dir):  # noqa: F811
+def test_progress_in_a_log_file_is_bounded_plain_lines(tmp_path, tok_dir):
     """200 updates with stdout redirected to a file: periodic plain lines, never carriage returns."""
     run = make_run(tmp_path, "long", train={"budget": {"value": 200}, "eval_every": 100, "log_every": 50,
                                             "progress_every_s": 2, "checkpoint": {"every": 100, "log_spaced": 0,
@@ -64,8 +58,8 @@ def test_progress_in_a_log_file_is_bounded_plain_lines(tmp_path, tok_dir):  # no
     log = tmp_path / "pretrain.log"
     t0 = time.monotonic()
     with open(log, "w") as fh:
-        subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=_env(), check=True, timeout=600,
-                       stdout=fh, stderr=subprocess.STDOUT)
+        subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(run), str(tok_dir)], env=child_env(), check=True,
+                       timeout=600, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.monotonic() - t0
     text = log.read_text()
     assert "\r" not in text
@@ -78,7 +72,7 @@ def test_progress_in_a_log_file_is_bounded_plain_lines(tmp_path, tok_dir):  # no
 
 
 @pytest.mark.slow
-def test_status_shows_a_live_local_run(tmp_path, tok_dir):  # noqa: F811
+def test_status_shows_a_live_local_run(tmp_path, tok_dir):
     """`metapretrain status` on an experiment whose pretrain job is alive: running, with step and loss."""
     exp_file = tmp_path / "e.yaml"
     exp_file.write_text("experiment: live\ndefaults:\n  finetune: {enabled: false}\n  dynamics: {enabled: false}\n")
@@ -86,7 +80,7 @@ def test_status_shows_a_live_local_run(tmp_path, tok_dir):  # noqa: F811
     from metapretrain.grid_cli import write_run_files
 
     results = tmp_path / "results"
-    env = _env(METAPRETRAIN_RESULTS=str(results))
+    env = child_env(METAPRETRAIN_RESULTS=str(results))
     os.environ["METAPRETRAIN_RESULTS"] = str(results)
     try:
         exp = load_experiment(exp_file)
@@ -121,7 +115,7 @@ def test_status_shows_a_live_local_run(tmp_path, tok_dir):  # noqa: F811
         proc.wait(timeout=60)
 
 
-def test_resume_refuses_checkpoints_of_another_config(tmp_path, tok_dir):  # noqa: F811
+def test_resume_refuses_checkpoints_of_another_config(tmp_path, tok_dir):
     """Editing a training key of a grid keeps the run id: resuming must refuse, not splice two configs."""
     import yaml
 

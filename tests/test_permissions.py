@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_model
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -25,8 +27,7 @@ def outputs_by_umask(tmp_path_factory):
     from metapretrain.io import write_json
     from metapretrain.model.decoder import Decoder
 
-    cfg = run_config_from_dict({"model": {"preset": "micro", "d_model": 32, "n_layers": 1, "n_heads": 4, "n_kv_heads": 2,
-                                          "ffn_hidden": 64, "max_seq_len": 128},
+    cfg = run_config_from_dict({"model": tiny_model(n_layers=1, max_seq_len=128),
                                 "tokenizer": {"vocab_size": 128}})
     out = {}
     for mask in (0o022, 0o077):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, seed_grid
+
 BIN = Path(sys.executable).parent
 
 
@@ -40,14 +41,7 @@ def test_second_snakemake_driver_is_refused(tmp_path, data_root):
     assert list((tmp_path / target).glob("*/done.json"))
 
 
-DOCTOR_EXP = """experiment: doc
-defaults:
-  train: {budget: {unit: steps, value: 10}}
-  finetune: {enabled: false}
-  dynamics: {enabled: false}
-grid:
-  seed: [1, 2, 3, 4]
-"""
+DOCTOR_EXP = seed_grid("doc", steps=10, seeds=4)
 
 
 def _doctor(cfg: Path, cwd: Path) -> tuple[int, dict]:

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import require_slurm_cluster, shakespeare_experiment
+from helpers import REPO, require_slurm_cluster, shakespeare_experiment, wait_until
 from metapretrain import paths
 from metapretrain.config.load import run_config_from_dict
 from metapretrain.launch import job_records, probe_job, run, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROBE = "metapretrain.launch.probe_job:count"
 
@@ -67,16 +66,6 @@ def in_thread(func, *args) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread, out
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def state(run_dir: Path) -> dict:

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import require_slurm_cluster, shakespeare_experiment
+from helpers import REPO, require_slurm_cluster, shakespeare_experiment
 from metapretrain import paths
 from metapretrain.launch import job_records, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

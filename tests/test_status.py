@@ -11,19 +11,13 @@ import sys
 
 import pytest
 
+from helpers import seed_grid, wait_until
 from metapretrain import paths
 from metapretrain.grid import load_experiment
 from metapretrain.status import collect
 from metapretrain.status import main as status_main
 
-EXP = """experiment: st
-defaults:
-  train: {budget: {unit: steps, value: 100}}
-  finetune: {enabled: false}
-  dynamics: {enabled: false}
-grid:
-  seed: [1, 2, 3, 4, 5]
-"""
+EXP = seed_grid("st", steps=100, seeds=5)
 
 
 @pytest.fixture
@@ -177,18 +171,6 @@ rule wait:
 """
 
 
-def _wait_for(predicate, what: str, timeout_s: float = 120.0):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_killed_drivers_lock_is_reported_stale_with_what_to_do(exp, tmp_path, capsys):
     """A real Snakemake driver holds its lock; after kill -9 the lock stays, and status says to unlock."""
     import shutil
@@ -205,7 +187,8 @@ def test_a_killed_drivers_lock_is_reported_stale_with_what_to_do(exp, tmp_path, 
     driver = subprocess.Popen([snakemake, "--cores", "1", "-d", str(wf), "-s", str(wf / "Snakefile")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        lock = _wait_for(lambda: (x := inspect(wf)) and x.drivers and x, "the driver to lock its directory")
+        lock = wait_until(lambda: (x := inspect(wf)) and x.drivers and x, 120, "the driver to lock its directory",
+                          poll_s=0.1)
         assert not lock.stale and [d.pid for d in lock.drivers] == [driver.pid]
         assert status_main([str(tmp_path / "e.yaml"), "--json", "-d", str(wf)]) == 0
         live = json.loads(capsys.readouterr().out)["snakemake_lock"]
@@ -223,7 +206,8 @@ def test_a_killed_drivers_lock_is_reported_stale_with_what_to_do(exp, tmp_path, 
         second = subprocess.Popen([snakemake, "--cores", "1", "-d", str(wf), "-s", str(wf / "Other")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            both = _wait_for(lambda: (x := inspect(wf)) and len(x.sets) == 2 and x.drivers and x, "the second lock")
+            both = wait_until(lambda: (x := inspect(wf)) and len(x.sets) == 2 and x.drivers and x, 120,
+                              "the second lock", poll_s=0.1)
             assert [s.stale for s in both.sets] == [True, False] and [d.pid for d in both.drivers] == [second.pid]
         finally:
             (wf / "release").touch()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import small_tokenize_config
+from helpers import small_tokenize_config
 from metapretrain.data.corpus import CorpusError, is_validation, iter_documents, read_text
 from metapretrain.data.shards import open_split, read_manifest
 from metapretrain.data.tokenize_stage import main as tokenize_main

@@ -1,4 +1,5 @@
-"""The pretraining loop: schedule, optimiser groups, batches, budgets, checkpoints, exact resume, metrics, W&B."""
+"""The pretraining loop end to end, on real tiny runs: outputs and checkpoints, token and FLOP budgets, hybrid
+draws, exact resume after a crash, preemption or SIGKILL, damaged checkpoints, exports, non-finite losses, W&B."""
 
 from __future__ import annotations
 
@@ -8,242 +9,19 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import write_run_dir
+from helpers import TRAIN_CHILD, child_env, comparable, crash_at, final_weights, make_run, records
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
-from metapretrain.config.load import run_config_from_dict
-from metapretrain.config.overrides import deep_merge
-from metapretrain.device import use_fused
 from metapretrain.launch import preemption
-from metapretrain.metrics_log import read_records
 from metapretrain.train import loop as loop_mod
 from metapretrain.train import steps as steps_mod
-from metapretrain.train.batches import DataTooSmallError, TokenBatches, fixed_batches
-from metapretrain.train.metrics import MetricsWriter
-from metapretrain.train.optim import param_groups
 from metapretrain.train.runtime import micro_seeds
-from metapretrain.train.schedule import Schedule, decay_steps_for
 from metapretrain.train.stage import train_run
-from metapretrain.train.steps import StepCost
-from metapretrain.wandb_run import stable_run_id, wandb_mode
-
-REPO = Path(__file__).resolve().parents[1]
-
-TINY_MODEL = {"preset": "micro", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
-              "max_seq_len": 64}
-BASE = {
-    "model": TINY_MODEL,
-    "train": {"budget": {"unit": "steps", "value": 12}, "batch_size": 2, "seq_len": 16, "lr": 3e-3,
-              "warmup_steps": 2, "eval_every": 4, "eval_batches": 2, "log_every": 1,
-              "checkpoint": {"every": 4, "log_spaced": 2, "export_hf": "none"}},
-    "launch": {"launcher": "debug"},
-    "wandb": {"mode": "disabled"},
-}
-
-
-def make_run(root: Path, name: str = "run", **over) -> Path:
-    return write_run_dir(root, name, deep_merge(BASE, over), "test")
-
-
-@pytest.fixture(scope="session")
-def tok_dir(synthetic_tokenized) -> Path:
-    return synthetic_tokenized
-
-
-def records(run: Path, kind: str | None = None) -> list[dict]:
-    recs = read_records(paths.metrics_file(run))
-    return [r for r in recs if kind is None or r["kind"] == kind]
-
-
-def comparable(recs: list[dict]) -> list[dict]:
-    """Records without the timing fields, which legitimately differ between attempts."""
-    return [{k: v for k, v in r.items() if k not in ("wall", "tokens_per_s")} for r in recs]
-
-
-def final_weights(run: Path) -> dict:
-    # Cloned: safetensors may memory-map the file, and some tests overwrite it in place.
-    return {k: v.clone() for k, v in ckpt.load_tensors(ckpt.final_checkpoint(run).path).items()}
-
-
-# ---------------------------------------------------------------- schedule
-def test_schedule_shapes():
-    cos = Schedule(lr=1.0, warmup_steps=10, decay_steps=110, kind="cosine", min_lr_ratio=0.1)
-    assert [cos.factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
-    assert cos.factor(10) == pytest.approx(1.0)
-    assert cos.factor(60) == pytest.approx(0.55)  # half-way: min + (1 - min) / 2
-    assert cos.factor(110) == pytest.approx(0.1) and cos.factor(500) == pytest.approx(0.1)
-    lin = Schedule(lr=2.0, warmup_steps=0, decay_steps=100, kind="linear", min_lr_ratio=0.0)
-    assert [lin.lr_at(s) for s in (0, 25, 50, 100)] == pytest.approx([2.0, 1.5, 1.0, 0.0])
-    const = Schedule(lr=1.0, warmup_steps=4, decay_steps=10, kind="constant")
-    assert [const.factor(s) for s in (0, 3, 4, 1000)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
-    values = [cos.factor(s) for s in range(10, 120)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
-
-
-def test_decay_steps_from_budget():
-    def train(unit, value, decay=None):
-        return run_config_from_dict(deep_merge(BASE, {"train": {"budget": {"unit": unit, "value": value},
-                                                            "decay_steps": decay, "grad_accum": 2}})).train
-
-    # 2 sequences x 16 tokens x 2 micro-batches = 64 tokens per update, at 1,000 FLOPs per token
-    update = StepCost(tokens=64, flops=64 * 1000.0)
-    assert decay_steps_for(train("steps", 12), update) == 12
-    assert decay_steps_for(train("steps", 12, decay=500), update) == 500
-    assert decay_steps_for(train("tokens", 640), update) == 10
-    assert decay_steps_for(train("tokens", 641), update) == 11
-    assert decay_steps_for(train("flops", 64 * 1000 * 7), update) == 7
-
-
-def test_compile_policy():
-    from metapretrain.train.runtime import CPU_COMPILE_MIN_MICRO_BATCHES, use_compile
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_compile("auto", cpu, 200) and use_compile("auto", cpu, CPU_COMPILE_MIN_MICRO_BATCHES)
-    assert use_compile("auto", cuda, 10) and use_compile("on", cpu, 1) and not use_compile("off", cuda, 10**9)
-
-
-# --------------------------------------------------------------- optimiser
-def test_fused_adamw_policy_and_fsdp_mix(tmp_path):
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    cpu = torch.device("cpu")
-    plain = torch.nn.Parameter(torch.ones(4))
-    assert use_fused("auto", cpu, [plain]) and use_fused("on", cpu, [plain]) and not use_fused("off", cpu, [plain])
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4), init_device_mesh("cpu", (1,)), [Shard(0)]))
-        assert use_fused("auto", cpu, [sharded])
-        # FSDP-sharded model + a step kind's replicated head: torch's fused kernel takes one kind only.
-        assert not use_fused("auto", cpu, [sharded, plain])
-        with pytest.raises(ValueError, match="train.fused_adamw"):
-            use_fused("on", cpu, [sharded, plain])
-        opt = torch.optim.AdamW([sharded, plain], fused=use_fused("auto", cpu, [sharded, plain]) or None)
-        sharded.grad, plain.grad = torch.ones_like(sharded), torch.ones_like(plain)
-        opt.step()
-    finally:
-        dist.destroy_process_group()
-
-
-def test_weight_decay_on_matrices_only():
-    from metapretrain.model import ModelConfig
-    from metapretrain.model.decoder import Decoder
-
-    model = Decoder(ModelConfig(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=32, vocab_size=50,
-                                max_seq_len=8))
-    head = torch.nn.Linear(16, 4)
-    decay, no_decay = param_groups(model, list(head.parameters()), 0.1)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names.get(id(p), "head") for p in decay["params"]}
-    assert "embed.weight" not in decayed and "lm_head.weight" in decayed
-    assert "layers.0.attn.q_proj.weight" in decayed and "head" in decayed
-    assert all(p.dim() == 1 or names.get(id(p)) == "embed.weight" for p in no_decay["params"])
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    n_all = sum(1 for _ in model.parameters()) + 2
-    assert len(decay["params"]) + len(no_decay["params"]) == n_all
-
-
-# ----------------------------------------------------------------- batches
-def test_batches_are_deterministic_resumable_and_cover_every_window():
-    tokens = np.arange(1001, dtype=np.uint16)
-    a = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
-    first = [a.next() for _ in range(40)]  # 120 windows: crosses the epoch boundary (100 windows)
-    assert first[0].shape == (3, 11) and first[0].dtype == torch.int64
-    starts = torch.cat([b[:, 0] for b in first[:34]])[:100]
-    assert sorted(starts.tolist()) == list(range(0, 1000, 10))  # an epoch visits every window once
-    assert torch.equal(first[0][:, 1:], first[0][:, :-1] + 1)  # contiguous text
-    b = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
-    for _ in range(17):
-        b.next()
-    c = TokenBatches(tokens, batch_size=3, seq_len=10, seed=7)
-    c.load_state_dict(b.state_dict())
-    assert all(torch.equal(c.next(), x) for x in first[17:])
-    other = TokenBatches(tokens, batch_size=3, seq_len=10, seed=8)
-    assert not torch.equal(other.next(), first[0])
-    with pytest.raises(ValueError, match="does not match"):
-        TokenBatches(tokens, batch_size=4, seq_len=10, seed=7).load_state_dict(b.state_dict())
-    with pytest.raises(DataTooSmallError, match="seq_len"):
-        TokenBatches(np.arange(5), batch_size=1, seq_len=10, seed=0)
-
-
-def test_validation_batches_are_fixed():
-    tokens = np.arange(500, dtype=np.uint16)
-    a, b = fixed_batches(tokens, 2, 8, 3), fixed_batches(tokens, 2, 8, 3)
-    assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert len({int(x[i, 0]) for x in a for i in range(2)}) == 6
-    few = fixed_batches(np.arange(20), 2, 8, 3)  # 2 windows only: repeated
-    assert len(few) == 3 and few[0].shape == (2, 9)
-
-
-def test_micro_seeds_deterministic_and_hybrid_fraction():
-    assert micro_seeds(1, 5, 0) == micro_seeds(1, 5, 0)
-    assert micro_seeds(1, 5, 0) != micro_seeds(1, 5, 1) != micro_seeds(2, 5, 0)
-    draws = [micro_seeds(3, s, m)[0] for s in range(500) for m in range(2)]
-    assert 0.45 < np.mean([u < 0.5 for u in draws]) < 0.55
-
-
-class _Still(steps_mod.StepKind):
-    def run(self, scale, gen):
-        raise AssertionError("not run here")
-
-
-def test_step_mix_draws_like_the_hybrid_ratio_and_counts_an_off_slot():
-    from metapretrain.train.steps import Slot, StepMix, config_slots
-
-    mix = StepMix([Slot("next_token", _Still, 0.7), Slot("meta", _Still, 0.3, "meta.learner")], ctx=None)
-    draws = [micro_seeds(3, s, m)[0] for s in range(200) for m in range(2)]
-    assert [mix.draw(u)[0] for u in draws] == ["meta" if u < 0.3 else "next_token" for u in draws]
-    assert mix.draw(0.0)[1] is mix.kinds["meta"] and mix.base == "next_token"
-    off = StepMix([Slot("next_token", _Still, 1.0), Slot("meta", None, 0.0, "meta.learner")], ctx=None)
-    assert {off.draw(u)[0] for u in draws} == {"next_token"}
-    assert off.names == ["next_token", "meta"] and list(off.kinds) == ["next_token"]
-    vanilla, meta = config_slots(run_config_from_dict({})), config_slots(run_config_from_dict(HYBRID))
-    assert [(s.name, s.kind) for s in vanilla] == [("next_token", steps_mod.NextTokenStep), ("meta", None)]
-    assert [s.probability for s in meta] == [0.5, 0.5] and meta[1].label == "meta.learner=fomaml"
-
-
-def test_a_step_kind_declares_valid_sync_and_needs():
-    with pytest.raises(TypeError, match="grad_sync='ddp'; expected one of wrapper, explicit"):
-        type("BadSync", (_Still,), {"grad_sync": "ddp"})
-    with pytest.raises(TypeError, match=r"needs names \['shard'\]"):
-        type("BadNeeds", (_Still,), {"needs": ("shard",)})
-    with pytest.raises(ValueError, match="step kind next_token needs StepContext.batches"):
-        steps_mod.step_kind("next_token")(steps_mod.StepContext(model=None, cfg=None, device=None, batches=None))
-
-
-# ----------------------------------------------------------------- metrics
-def test_metrics_truncate_and_torn_line(tmp_path):
-    w = MetricsWriter(tmp_path / "metrics.jsonl")
-    for s in range(5):
-        w.write({"kind": "train", "step": s, "loss": float("nan") if s == 2 else 1.0})
-    w.close()
-    with open(tmp_path / "metrics.jsonl", "a") as fh:
-        fh.write('{"kind": "train", "st')  # a kill mid-line
-    recs = read_records(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4] and recs[2]["loss"] is None
-    kept = w.truncate_to(2)
-    assert [r["step"] for r in kept] == [0, 1, 2]
-    assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [0, 1, 2]
-    w.truncate_to(None)
-    assert read_records(tmp_path / "metrics.jsonl") == []
-
-
-def test_wandb_mode_and_stable_id(monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert wandb_mode("auto") == "offline" and wandb_mode("disabled") == "disabled"
-    monkeypatch.setenv("WANDB_API_KEY", "x")
-    assert wandb_mode("auto") == "online"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_mode("online") == "disabled"
-    assert stable_run_id("exp", "method~a") == stable_run_id("exp", "method~a") != stable_run_id("exp", "method~b")
+from metapretrain.wandb_run import stable_run_id
 
 
 # ------------------------------------------------------------ the loop
@@ -342,24 +120,12 @@ def test_hybrid_draws_and_meta_metrics(tmp_path, tok_dir, fake_meta):
     assert "episode_head" in ckpt.load_modules(ckpt.final_checkpoint(run).path)
 
 
-def _crash_at(monkeypatch, step: int):
-    original = loop_mod.Trainer.update
-
-    def update(self):
-        if self.counters.step == step:
-            raise RuntimeError("simulated crash")
-        return original(self)
-
-    monkeypatch.setattr(loop_mod.Trainer, "update", update)
-    return original
-
-
 def test_resume_after_crash_is_bit_identical(tmp_path, tok_dir, fake_meta, monkeypatch):
     full = make_run(tmp_path, "full", **HYBRID)
     train_run(str(full), str(tok_dir))
 
     cut = make_run(tmp_path, "cut", **HYBRID)
-    original = _crash_at(monkeypatch, 7)  # last checkpoint before the crash: step 4
+    original = crash_at(monkeypatch, 7)  # last checkpoint before the crash: step 4
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(str(cut), str(tok_dir))
     assert max(r["step"] for r in records(cut)) == 7
@@ -529,31 +295,14 @@ def test_loss_decreases_on_real_text(tmp_path, tokenized_dir):
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals
 
 
-_CHILD = """
-import sys, os
-from metapretrain.train import loop
-original = loop.Trainer.update
-def update(self):
-    out = original(self)
-    if self.counters.step == int(os.environ["PAUSE_AT"]):
-        print("READY", flush=True)
-        import time; time.sleep(600)
-    return out
-if os.environ.get("PAUSE_AT"):
-    loop.Trainer.update = update
-from metapretrain.train.stage import train_run
-train_run(sys.argv[1], sys.argv[2])
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_mid_run_resumes_with_identical_losses(tmp_path, tok_dir):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    env = child_env()
     full = make_run(tmp_path, "full", train={"budget": {"value": 20}})
-    subprocess.run([sys.executable, "-c", _CHILD, str(full), str(tok_dir)], env=env, check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(full), str(tok_dir)], env=env, check=True, timeout=300,
                    capture_output=True)
     run = make_run(tmp_path, "killed", train={"budget": {"value": 20}})
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=dict(env, PAUSE_AT="11"),
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(run), str(tok_dir)], env=dict(env, PAUSE_AT="11"),
                             stdout=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # ends at READY, or at EOF if the child died first
@@ -564,7 +313,7 @@ def test_sigkill_mid_run_resumes_with_identical_losses(tmp_path, tok_dir):
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert ckpt.latest_checkpoint(run).step == 8 and not (run / "pretrain" / "done.json").exists()
-    subprocess.run([sys.executable, "-c", _CHILD, str(run), str(tok_dir)], env=env, check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(run), str(tok_dir)], env=env, check=True, timeout=300,
                    capture_output=True)
     assert comparable(records(run)) == comparable(records(full))
     a, b = final_weights(full), final_weights(run)
@@ -588,7 +337,7 @@ def test_real_learners_resume_bit_identical(tmp_path, tok_dir, monkeypatch, lear
     full = make_run(tmp_path, "full", **over)
     train_run(str(full), str(tok_dir))
     cut = make_run(tmp_path, "cut", **over)
-    original = _crash_at(monkeypatch, 3)
+    original = crash_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(str(cut), str(tok_dir))
     monkeypatch.setattr(loop_mod.Trainer, "update", original)
