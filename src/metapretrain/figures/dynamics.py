@@ -400,7 +400,7 @@ def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
               formats={"peak_step": "{:.0f}", "layer": "{:.0f}"})
     summ = peaks_summary(p, d)
     ns = "/".join(map(str, sorted(set(summ["n_runs"]))))
-    over = ", ".join(d.replicate_axes) or "replicates"
+    over = d.replicates_text()
     caption = (f"Peak step of each learning-dynamics curve per method and {d.panel_title()} over the runs of each "
                f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs with a peak, "
                f"with a {stats.T_INTERVAL} (none for n = 1), and the fraction of the cell's runs in which the "

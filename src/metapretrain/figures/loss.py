@@ -71,7 +71,7 @@ def _n_phrase(ns: list[int], d: Design) -> str:
     """How many replicates each curve is, and what its band is."""
     if ns == [1]:
         return "n = 1 run per curve, no interval"
-    over = ", ".join(d.replicate_axes) or "replicates"
+    over = d.replicates_text()
     return (f"n = {'/'.join(map(str, ns))} runs per curve ({over}): mean with a {stats.T_INTERVAL} band, "
             "curves interpolated onto their common x")
 
@@ -198,7 +198,7 @@ def _final_summary(table, d: Design, out: Outputs, inputs: list[str]) -> None:
         shown[col] = summ[col]
     shown["source"] = summ["source"]
     ns = sorted(set(summ["n"]))
-    over = ", ".join(d.replicate_axes) or "replicates"
+    over = d.replicates_text()
     caption = ("Final pretraining state per method and panel, over the runs of each cell "
                f"(n = {'/'.join(map(str, ns))} per cell, replicate axes: {over}): mean final validation and train "
                f"loss with a {stats.T_INTERVAL} (none for n = 1); budget and meta fraction are means.")

@@ -137,7 +137,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
               formats={c: "{:.3f}" for c in table.columns if not c.endswith("train sets")})
     cells = summary_cells(table, d)
     ns = "/".join(map(str, sorted(set(cells["n"]))))
-    over = ", ".join(d.replicate_axes) or "replicates"
+    over = d.replicates_text()
     out.table(cells, "ner_summary_cells",
               f"UNER micro-F1 summary per method and {d.panel_title()} over the runs of each cell (n = {ns} per "
               f"cell, replicate axes: {over}): mean of the per-run values of ner_summary with a {stats.T_INTERVAL} "

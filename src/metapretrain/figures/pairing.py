@@ -81,6 +81,10 @@ class Design:
     notes: list[str] = field(default_factory=list)
     _panel_key: dict[str, tuple] = field(default_factory=dict)
 
+    def replicates_text(self) -> str:
+        """The replicate axes as captions name them."""
+        return ", ".join(self.replicate_axes) or "none in this grid"
+
     def panels(self) -> list[str]:
         """Panel labels in display order: by model size, then by the facet values."""
         order = sorted(self.panel, key=lambda rid: self._panel_key[rid])
