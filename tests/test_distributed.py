@@ -68,6 +68,7 @@ def _primitives(rank: int, world: int, port: int, out: str) -> None:
     except (OSError, RuntimeError) as exc:
         seen["error"] = f"{type(exc).__name__}: {exc}"
     seen["value"] = d.on_main(lambda: "from rank 0", "compute")
+    d.barrier()  # as train_run does: no rank tears gloo down while another still uses it
     d.close()
     Path(f"{out}.{rank}").write_text(json.dumps(seen))
 
@@ -110,6 +111,9 @@ def _check_updates(run_dir: str, data_dir: str, out: str, steps: int) -> None:
     head = {k: v.detach().clone() for k, v in trainer.modules().get("episode_head", torch.nn.Linear(1, 1)).state_dict().items()}
     if dist.is_main:
         torch.save({"records": records, "diffs": diffs, "weights": weights, "head": head}, out)
+    # As train_run does: a rank destroying gloo while the other still used it aborted this test once
+    # ("terminate called without an active exception").
+    dist.barrier()
     dist.close()
 
 
