@@ -139,6 +139,28 @@ def test_resume_after_crash_is_bit_identical(tmp_path, tok_dir, fake_meta, monke
     assert all(torch.equal(ma["episode_head"][k], mb["episode_head"][k]) for k in ma["episode_head"])
 
 
+def test_killed_between_a_checkpoint_and_its_record_resumes_to_the_same_log(tmp_path, tok_dir, monkeypatch):
+    """A kill after a checkpoint's rename but before its metrics record: the resumed run writes the record."""
+    full = make_run(tmp_path, "full")
+    train_run(str(full), str(tok_dir))
+    run = make_run(tmp_path, "cut")
+    original = loop_mod.Trainer.record
+
+    def record(self, kind, **fields):
+        if kind == "checkpoint" and self.counters.step == 4:
+            raise RuntimeError("simulated kill")
+        return original(self, kind, **fields)
+
+    monkeypatch.setattr(loop_mod.Trainer, "record", record)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run(str(run), str(tok_dir))
+    assert ckpt.latest_checkpoint(run).step == 4
+    assert 4 not in [r["step"] for r in records(run, "checkpoint")]
+    monkeypatch.setattr(loop_mod.Trainer, "record", original)
+    train_run(str(run), str(tok_dir))
+    assert comparable(records(run)) == comparable(records(full))
+
+
 def test_preemption_checkpoints_and_resumes(tmp_path, tok_dir, monkeypatch):
     full = make_run(tmp_path, "full")
     train_run(str(full), str(tok_dir))

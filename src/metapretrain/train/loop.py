@@ -187,7 +187,11 @@ class Trainer:
         self._mix_counts = {n: int(state.get("mix_counts", {}).get(n, 0)) for n in self.mix.names}
         self.last_checkpoint = self.counters.step
         if self.dist.is_main:
-            self.metrics.truncate_to(info.step)
+            kept = self.metrics.truncate_to(info.step)
+            # A kill between the checkpoint's rename and its metrics record leaves the checkpoint without a
+            # record: write it now (the counters are the checkpoint's), so the log reads as an unbroken run's.
+            if not any(r.get("kind") == "checkpoint" and r.get("step") == info.step for r in kept):
+                self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
         source = f", shards of {ckpt.DCP_DIR}/" if sharded else ""
         print(f"pretrain: resuming from {info.path.name} (step {info.step}, {info.tokens:,} tokens{source})",
               flush=True)
