@@ -54,6 +54,7 @@ class Experiment:
     runs: list[Run]
     collapsed: list[tuple[str, str]] = field(default_factory=list)  # (dropped id, kept id)
     replicates: list[str] = field(default_factory=lambda: ["seed"])  # axes the figures aggregate over
+    compare: dict = field(default_factory=lambda: compare_settings({}))  # how figures compare (experiment key)
 
     def run(self, run_id: str) -> Run:
         for r in self.runs:
@@ -69,6 +70,14 @@ class Experiment:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def compare_settings(compare: dict) -> dict:
+    """The experiment's `compare:` section with every default filled (schema: experiment.schema.yaml)."""
+    return {"tuning": [str(a) for a in compare.get("tuning") or []],
+            "baselines": {str(k): [str(x) for x in v] for k, v in (compare.get("baselines") or {}).items()},
+            "match": [str(u) for u in compare.get("match", ["flops"])],
+            "alpha": float(compare.get("alpha", 0.05))}
 
 
 def canonical_json(obj: Any) -> str:
@@ -181,7 +190,8 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
         ids[run.run_id] = run
         unique.append(run)
     return Experiment(name=data["experiment"], description=data.get("description", ""), file=file,
-                      axes=list(axes), runs=unique, collapsed=collapsed, replicates=list(data["replicates"]))
+                      axes=list(axes), runs=unique, collapsed=collapsed, replicates=list(data["replicates"]),
+                      compare=compare_settings(data.get("compare") or {}))
 
 
 def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str, dict]]]:

@@ -30,7 +30,8 @@ def write_grid_file(exp: Experiment, experiment_file: str, path: str | Path) -> 
     """`results/<experiment>/grid.yaml`: the expanded grid (run id -> axes, hash) and the file it came from."""
     runs = [{"run_id": r.run_id, "axes": r.axes, "hash": r.hash} for r in exp.runs]
     atomic_write_text(path, yaml.safe_dump({"experiment": exp.name, "file": experiment_file, "axes": exp.axes,
-                                            "replicates": exp.replicates, "runs": runs}, sort_keys=False))
+                                            "replicates": exp.replicates, "compare": exp.compare,
+                                            "runs": runs}, sort_keys=False))
 
 
 def write_tokenize_config(exp: Experiment, tok_id: str, path: str | Path) -> None:

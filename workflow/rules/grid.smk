@@ -7,6 +7,7 @@ rule grid:
         str(paths.log_file(EXP_DIR, "grid")),
     params:
         runs=lambda w: {r.run_id: r.hash for r in EXP.runs},
+        compare=lambda w: EXP.compare,  # a changed compare: section rewrites grid.yaml, so the figures rebuild
     localrule: True
     run:
         write_grid_file(EXP, EXPERIMENT_FILE, output[0])

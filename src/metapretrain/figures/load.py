@@ -18,6 +18,7 @@ import yaml
 
 from metapretrain import paths
 from metapretrain.config.values import load_yaml
+from metapretrain.grid import compare_settings
 from metapretrain.io import InputError, read_text
 from metapretrain.metrics_log import read_records
 from metapretrain.run_record import read_run_record
@@ -67,6 +68,7 @@ class ExperimentData:
     axes: list[str]
     runs: list[RunData]
     replicates: list[str] = field(default_factory=lambda: ["seed"])  # axes aggregated over, not faceted
+    compare: dict = field(default_factory=dict)  # the experiment's compare: section, defaults filled
     ner: object = None  # pandas.DataFrame (ner/results.csv) or None
     dynamics: object = None  # pandas.DataFrame (all runs' dynamics.csv) or None
     peaks: object = None  # pandas.DataFrame (all runs' dynamics/peaks.csv) or None
@@ -116,6 +118,7 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
         data.axes = [str(a) for a in doc.get("axes") or []]
         if "replicates" in doc:  # a grid.yaml written before replicate axes existed keeps the default
             data.replicates = [str(a) for a in doc["replicates"] or []]
+        data.compare = compare_settings(doc.get("compare") or {})
         return [{"run_id": str(r["run_id"]), "axes": {str(k): str(v) for k, v in (r.get("axes") or {}).items()}}
                 for r in doc.get("runs") or []]
     if config is not None and Path(config).exists():
@@ -124,6 +127,7 @@ def _grid_runs(exp_dir: Path, config: str | Path | None, data: ExperimentData) -
         exp = load_experiment(config)
         data.axes = list(exp.axes)
         data.replicates = list(exp.replicates)
+        data.compare = dict(exp.compare)
         log.warning("no %s: runs taken from the experiment file %s", grid, config)
         return [{"run_id": r.run_id, "axes": dict(r.axes)} for r in exp.runs]
     runs = []
@@ -167,7 +171,7 @@ def load_experiment_data(exp_dir: str | Path, config: str | Path | None = None,
     import pandas as pd
 
     exp_dir = Path(exp_dir)
-    data = ExperimentData(exp_dir=exp_dir, name=exp_dir.name, axes=[], runs=[])
+    data = ExperimentData(exp_dir=exp_dir, name=exp_dir.name, axes=[], runs=[], compare=compare_settings({}))
     if config is not None and Path(config).exists():
         try:
             doc = _read_yaml(Path(config)) or {}
