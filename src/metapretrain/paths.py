@@ -77,8 +77,10 @@ def hf_dir(run: str | Path) -> Path:
     return pretrain_dir(run) / "hf"
 
 
-def finetune_dir(run: str | Path, train_set: str, regime: str) -> Path:
-    return Path(run) / "finetune" / f"{train_set}~{regime}"
+def finetune_dir(run: str | Path, train_set: str, regime: str, reading: str | None = None) -> Path:
+    """`finetune/<train set>~<regime>` (the final checkpoint), or `...~<reading>` for a compute-matched
+    reading (`matched-flops-<tag>`, metapretrain.matching)."""
+    return Path(run) / "finetune" / (f"{train_set}~{regime}" + (f"~{reading}" if reading else ""))
 
 
 def dynamics_dir(run: str | Path) -> Path:

@@ -5,7 +5,7 @@ of that tokenize id), a pretrain stage, one finetune stage per `<train set>~<reg
 is enabled, and a dynamics stage when dynamics is. Each `Stage` spells itself two ways:
 
 * `name`, unique within its run, as `metapretrain status` and `doctor` show it: `pretrain`,
-  `finetune:Danish-DDT~head`;
+  `finetune:Danish-DDT~head` (a compute-matched reading adds `~matched-flops-<tag>`);
 * `key`, unique within its home directory, a relative path: `finetune/Danish-DDT~head`,
   `tokenize/<tok id>`. It names the stage's log (`<home>/logs/<key>.log`), its benchmark, the
   launcher's job record and submitit folder, and ends its SLURM job name (`<experiment>/<run>:<key>`).
@@ -33,7 +33,7 @@ LAUNCHED = ("pretrain", "finetune", "dynamics")
 @dataclass(frozen=True)
 class Stage:
     kind: str
-    variant: str | None  # finetune: `<train set>~<regime>`; tokenize: the tokenize id; else None
+    variant: str | None  # finetune: `<train set>~<regime>[~<reading>]`; tokenize: the tokenize id; else None
     home: Path  # holds logs/ and benchmarks/
     directory: Path  # its outputs and its done marker
 
@@ -75,8 +75,11 @@ def pretrain(run_dir: str | Path) -> Stage:
     return Stage("pretrain", None, Path(run_dir), paths.pretrain_dir(run_dir))
 
 
-def finetune(run_dir: str | Path, train_set: str, regime: str) -> Stage:
-    return Stage("finetune", f"{train_set}~{regime}", Path(run_dir), paths.finetune_dir(run_dir, train_set, regime))
+def finetune(run_dir: str | Path, train_set: str, regime: str, reading: str | None = None) -> Stage:
+    """A finetune stage: from the final checkpoint, or with `reading` (`matched-<unit>-<tag>`) from the
+    checkpoint matched to a meta run's compute (metapretrain.matching)."""
+    directory = paths.finetune_dir(run_dir, train_set, regime, reading)
+    return Stage("finetune", directory.name, Path(run_dir), directory)
 
 
 def dynamics(run_dir: str | Path) -> Stage:
@@ -96,10 +99,10 @@ def launched(key: str, run_dir: str | Path) -> Stage:
     """The stage of `run_dir` a launcher key names: `pretrain`, `dynamics` or `finetune/<train set>~<regime>`."""
     kind = kind_of(key)
     if kind == "finetune":
-        train_set, sep, regime = key.removeprefix("finetune/").rpartition("~")
-        if not sep or not train_set or not regime or "/" in train_set:
-            raise ValueError(f"stage {key!r}: expected finetune/<train set>~<regime>")
-        return finetune(run_dir, train_set, regime)
+        parts = key.removeprefix("finetune/").split("~")
+        if len(parts) not in (2, 3) or not all(parts) or "/" in parts[0]:
+            raise ValueError(f"stage {key!r}: expected finetune/<train set>~<regime>[~<reading>]")
+        return finetune(run_dir, *parts)
     if key != kind:
         raise ValueError(f"stage {key!r}: {kind} has no variant")
     return pretrain(run_dir) if kind == "pretrain" else dynamics(run_dir)

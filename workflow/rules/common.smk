@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from metapretrain import paths, stages
+from metapretrain import matching, paths, stages
 from metapretrain.config.overrides import overrides_from_snakemake
 from metapretrain.config.yamlpos import PositionedYAML
 from metapretrain.grid import load_experiment
@@ -44,6 +44,10 @@ TOKENIZE = stages.tokenize(EXP.name, "{tok}")
 PRETRAIN = stages.pretrain(RUN_PATTERN)
 FINETUNE = stages.finetune(RUN_PATTERN, "{train_set}", "{regime}")
 DYNAMICS = stages.dynamics(RUN_PATTERN)
+# Compute-matched fine-tunes (compare.match; metapretrain.matching): a vanilla run read at a meta run's
+# final FLOPs (or steps, next-token tokens), planned from the grid's configs before anything has trained.
+MATCHED = {(m.vanilla, m.train_set, m.regime, m.reading): m for m in matching.plan(EXP)}
+FINETUNE_MATCHED = stages.finetune(RUN_PATTERN, "{train_set}", "{regime}", "matched-{unit}-{tag}")
 RUN_CONFIG = str(paths.resolved_config(RUN_PATTERN))
 
 
@@ -67,6 +71,8 @@ wildcard_constraints:
     tok=r"[A-Za-z0-9_.-]+-[0-9a-f]{8}",
     regime="head|full",
     train_set="[A-Za-z0-9_.-]+",
+    unit="steps|tokens|flops",
+    tag="[0-9a-f]{8}",
 
 
 def done_targets(kind):
@@ -74,8 +80,21 @@ def done_targets(kind):
     return [str(s.done) for s in STAGES if s.kind == kind]
 
 
+def matched_targets():
+    """The done markers of every compute-matched fine-tune."""
+    return [str(m.stage.done) for m in MATCHED.values()]
+
+
+def matched(w):
+    """The planned matched fine-tune a `finetune_matched` job's wildcards name."""
+    key = (w.run, w.train_set, w.regime, f"matched-{w.unit}-{w.tag}")
+    if key not in MATCHED:
+        raise ValueError(f"no compute-matched fine-tune {key} in the plan of {EXPERIMENT_FILE} (compare.match)")
+    return MATCHED[key]
+
+
 def all_targets():
-    targets = done_targets("pretrain") + done_targets("finetune") + done_targets("dynamics")
+    targets = done_targets("pretrain") + done_targets("finetune") + matched_targets() + done_targets("dynamics")
     if done_targets("finetune"):
         targets.append(NER_RESULTS)
     targets.append(f"{FIGURES_DIR}/index.json")

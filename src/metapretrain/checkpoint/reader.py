@@ -1,7 +1,7 @@
 """Finding and loading checkpoints.
 
 Listing reads manifests only; a lookup that picks one checkpoint to load
-(`latest_checkpoint`, `final_checkpoint`, `at_step`, `nearest`) verifies its
+(`latest_checkpoint`, `final_checkpoint`, `at_step`, `nearest`, `at_or_before`) verifies its
 checksums and marks it verified, so `load_model` does not hash it again.
 """
 
@@ -39,10 +39,24 @@ class CheckpointInfo:
     flops: float
     path: Path
     verified: bool = field(default=False, compare=False)  # checksums already checked against the manifest
+    # Next-token tokens among `tokens` (a meta run's tokens also count episode windows); None in a manifest
+    # written before they were recorded.
+    tokens_ntp: int | None = field(default=None, compare=False)
+
+    def count(self, unit: str) -> float | None:
+        """The checkpoint's count of a matching unit: `steps`, `tokens` (next-token tokens) or `flops`."""
+        if unit not in MATCH_UNITS:
+            raise ValueError(f"unknown matching unit {unit!r}: expected one of {', '.join(MATCH_UNITS)}")
+        return {"steps": self.step, "tokens": self.tokens_ntp, "flops": self.flops}[unit]
+
+
+MATCH_UNITS = ("steps", "tokens", "flops")
 
 
 def _info(path: Path, manifest: dict, verified: bool) -> CheckpointInfo:
-    return CheckpointInfo(int(manifest["step"]), int(manifest["tokens"]), float(manifest["flops"]), path, verified)
+    ntp = manifest.get("tokens_ntp")
+    return CheckpointInfo(int(manifest["step"]), int(manifest["tokens"]), float(manifest["flops"]), path, verified,
+                          None if ntp is None else int(ntp))
 
 
 def open_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -134,6 +148,28 @@ def nearest(run_dir: str | Path, *, tokens: int | None = None, flops: float | No
     else:
         best = min(infos, key=lambda c: (abs(c.flops - flops), c.step))
     return open_checkpoint(best.path)
+
+
+def at_or_before(run_dir: str | Path, unit: str, value: float) -> CheckpointInfo:
+    """The run's last checkpoint whose count of `unit` (`steps`, `tokens` = next-token tokens, `flops`) is at
+    most `value`, verified: a compute-matched reading never reads a checkpoint beyond the budget it matches.
+
+    CheckpointError when no checkpoint qualifies (names the smallest count there is) or when a checkpoint
+    does not record the unit (tokens in a manifest written before next-token tokens were counted).
+    """
+    infos = list_checkpoints(run_dir)
+    if not infos:
+        raise CheckpointError(f"{paths.checkpoints_dir(run_dir)}: no complete checkpoint; run the pretrain stage first")
+    missing = [c for c in infos if c.count(unit) is None]
+    if missing:
+        raise CheckpointError(f"{missing[0].path}: its manifest does not record {unit} (written before checkpoints "
+                              "recorded next-token tokens as tokens_ntp); match on steps or flops")
+    fit = [c for c in infos if c.count(unit) <= value]
+    if not fit:
+        first = infos[0]
+        raise CheckpointError(f"{paths.checkpoints_dir(run_dir)}: no checkpoint at or before {unit} = {value:.6g} "
+                              f"(the first, step {first.step}, has {unit} = {first.count(unit):.6g})")
+    return open_checkpoint(max(fit, key=lambda c: (c.count(unit), c.step)).path)
 
 
 def load_state(path: str | Path) -> dict:

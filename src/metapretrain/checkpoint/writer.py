@@ -51,13 +51,15 @@ def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, config: dict, tokens: int,
-                    flops: float, modules: dict | None = None, tmp: Path | None = None) -> CheckpointInfo:
+                    flops: float, modules: dict | None = None, tmp: Path | None = None,
+                    tokens_ntp: int | None = None) -> CheckpointInfo:
     """Write checkpoint `step` atomically and return its info.
 
     `model` is an nn.Module (its state_dict is saved; compile/DDP wrappers are
     unwrapped by the caller), `state` is anything `torch.save` can store with
     `weights_only=True` loading, `config` the resolved run config as a dict,
-    `modules` named extra modules (step-kind heads). `tmp`: a directory from `begin_checkpoint` that
+    `modules` named extra modules (step-kind heads), `tokens_ntp` the next-token tokens among `tokens`
+    (what compute matching compares; a meta run's `tokens` also count episode windows). `tmp`: a directory from `begin_checkpoint` that
     already holds files (the sharded `DCP_DIR`); they are listed in the manifest too.
     """
     import torch
@@ -82,6 +84,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         body = {"step": step, "tokens": int(tokens), "flops": float(flops), "files": files}
+        if tokens_ntp is not None:
+            body["tokens_ntp"] = int(tokens_ntp)
         tokenizer = paths.tokenizer_file(paths.pretrain_dir(run_dir))
         if tokenizer.is_file():  # lets every later reader refuse the checkpoint with another tokenizer
             body["tokenizer_sha256"] = sha256_file(tokenizer)
@@ -101,7 +105,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, state: dict, confi
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return CheckpointInfo(step, int(tokens), float(flops), final)
+    return CheckpointInfo(step, int(tokens), float(flops), final, tokens_ntp=None if tokens_ntp is None else int(tokens_ntp))
 
 
 def _describe(exc: BaseException, where: Path) -> str:

@@ -15,6 +15,12 @@ set weighing the same.
 train set, regime, eval set and split, and averages meta − vanilla over the
 matched pairs of each eval kind (and over all of them).
 
+**Readings** (`reading` in ner/results.csv; metapretrain.matching): `final` rows fine-tune each run's
+final checkpoint; `matched-<unit>` rows fine-tune a vanilla run from its last checkpoint at or before
+a meta run's (`matched_to`) final steps / next-token tokens / FLOPs. Heatmaps and the summary use
+final readings; ΔF1 is reported per reading, the matched one comparing the meta run's final checkpoint
+with the vanilla checkpoint matched to it (compute-matched: the paper's "under equal compute").
+
 **Over replicates** (seeds, `pairing`): each run's summary value is one
 replicate of its cell (method, panel): `ner_summary_cells` gives the mean and
 95% Student-t interval. Each meta run's ΔF1 is one pair (meta seed s against
@@ -48,14 +54,50 @@ def prepare(ner):
                            for t, e in zip(df["train_set"], df["eval_set"], strict=True)]
     if "eval_split" not in df:
         df["eval_split"] = "test"
+    if "reading" not in df:  # a table written before compute-matched readings existed
+        df["reading"] = "final"
+    for col in ("matched_to", "checkpoint_step", "match_target", "checkpoint_flops", "checkpoint_tokens_ntp"):
+        if col not in df:
+            df[col] = math.nan
+    df["reading"] = ["final" if _missing(v) else str(v) for v in df["reading"]]
+    df["matched_to"] = ["" if _missing(v) else str(v) for v in df["matched_to"]]
     return df
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def finals(df):
+    """The rows of final-checkpoint readings."""
+    return df[df["reading"] == "final"]
+
+
+def baselines_of(d: Design) -> dict[str, list[str]]:
+    """Meta run id -> every vanilla run it is compared with (`Design.baselines`, else its one baseline)."""
+    many = getattr(d, "baselines", None)
+    if many:
+        return {rid: list(bases) for rid, bases in many.items() if bases}
+    return {rid: [base] for rid, base in d.baseline.items() if base is not None}
+
+
+def _match_ratio(rows) -> float:
+    """Mean over a reading's rows of the count read / the meta run's final count (1 = exact match)."""
+    import pandas as pd
+
+    unit = str(rows["reading"].iloc[0]).removeprefix("matched-")
+    col = {"steps": "checkpoint_step", "tokens": "checkpoint_tokens_ntp", "flops": "checkpoint_flops"}.get(unit)
+    if col is None:
+        return math.nan
+    ratio = pd.to_numeric(rows[col], errors="coerce") / pd.to_numeric(rows["match_target"], errors="coerce")
+    return float(ratio.mean())
 
 
 def summary_table(data: ExperimentData, d: Design):
     """Rows: method × panel (one per run); columns: `<regime> <kind>` mean micro-F1 (module docstring)."""
     import pandas as pd
 
-    df = prepare(data.ner)
+    df = finals(prepare(data.ner))
     df = df[df["metric"] == "micro_f1"]
     regimes = sorted(df["regime"].unique(), key=lambda r: (r != "head", r))
     rows = []
@@ -86,39 +128,67 @@ def summary_table(data: ExperimentData, d: Design):
 
 
 def delta_table(data: ExperimentData, d: Design):
-    """ΔF1 = meta − vanilla per (meta run, regime, eval kind, entity); entity `micro` is micro-F1."""
+    """ΔF1 = meta − vanilla per (meta run, baseline, reading, regime, eval kind, entity); entity `micro` is
+    micro-F1. Reading `final`: both final checkpoints; `matched-<unit>`: the meta run's final checkpoint
+    against the vanilla checkpoint matched to it (`vanilla_step`, `match_ratio` = count read / target)."""
     import pandas as pd
 
     df = prepare(data.ner)
     df = df[df["metric"].astype(str).str.endswith("_f1")]
     key = ["train_set", "regime", "eval_set", "eval_split", "metric"]
     rows = []
-    for rid, base in d.baseline.items():
-        if base is None:
+    for rid, bases in baselines_of(d).items():
+        a = finals(df[df["pretrain_run"] == rid])
+        if a.empty:
             continue
-        a, b = df[df["pretrain_run"] == rid], df[df["pretrain_run"] == base]
-        if a.empty or b.empty:
-            continue
-        m = a.merge(b[[*key, "value"]], on=key, suffixes=("", "_vanilla"))
-        m["delta"] = m["value"] - m["value_vanilla"]
-        m = m.dropna(subset=["delta"])
-        for (regime, metric), g in m.groupby(["regime", "metric"]):
-            entity = "micro" if metric == "micro_f1" else metric[: -len("_f1")]
-            for scope in (*KINDS, "all"):
-                s = g if scope == "all" else g[g["eval_kind"] == scope]
-                if s.empty:
+        for base in bases:
+            b_all = df[df["pretrain_run"] == base]
+            readings = [("final", finals(b_all))]
+            matched = b_all[(b_all["reading"] != "final") & (b_all["matched_to"] == rid)]
+            readings += [(r, g) for r, g in matched.groupby("reading", sort=True)]
+            for reading, b in readings:
+                if b.empty:
                     continue
-                rows.append({"panel": d.panel[rid], "method": d.label[rid], "run_id": rid, "baseline_run": base,
-                             "regime": regime, "scope": scope, "entity": entity,
-                             "meta_f1": s["value"].mean(), "vanilla_f1": s["value_vanilla"].mean(),
-                             "delta_f1": s["delta"].mean(), "n_pairs": len(s), "source": "ner/results.csv"})
+                vanilla_step = pd.to_numeric(b["checkpoint_step"], errors="coerce")
+                ratio = 1.0 if reading == "final" else _match_ratio(b)
+                m = a.merge(b[[*key, "value"]], on=key, suffixes=("", "_vanilla"))
+                m["delta"] = m["value"] - m["value_vanilla"]
+                m = m.dropna(subset=["delta"])
+                for (regime, metric), g in m.groupby(["regime", "metric"]):
+                    entity = "micro" if metric == "micro_f1" else metric[: -len("_f1")]
+                    for scope in (*KINDS, "all"):
+                        sel = g if scope == "all" else g[g["eval_kind"] == scope]
+                        if sel.empty:
+                            continue
+                        rows.append({"panel": d.panel[rid], "method": d.label[rid], "run_id": rid,
+                                     "baseline": d.label[base], "baseline_run": base, "reading": reading,
+                                     "vanilla_step": vanilla_step.max() if vanilla_step.notna().any() else math.nan,
+                                     "match_ratio": ratio, "regime": regime, "scope": scope, "entity": entity,
+                                     "meta_f1": sel["value"].mean(), "vanilla_f1": sel["value_vanilla"].mean(),
+                                     "delta_f1": sel["delta"].mean(), "n_pairs": len(sel),
+                                     "source": "ner/results.csv"})
     if not rows:
         return pd.DataFrame()
     t = pd.DataFrame(rows)
     order = {p: i for i, p in enumerate(d.panels())}
-    t["_o"] = [(order[p], m, r, s, e != "micro", e) for p, m, r, s, e in
-               zip(t["panel"], t["method"], t["regime"], t["scope"], t["entity"], strict=True)]
+    t["_o"] = [(order[p], m, b, rd != "final", rd, r, s, e != "micro", e) for p, m, b, rd, r, s, e in
+               zip(t["panel"], t["method"], t["baseline"], t["reading"], t["regime"], t["scope"], t["entity"],
+                   strict=True)]
     return t.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def reading_text(reading: str, ratios=None) -> str:
+    """How a reading is described in captions, with the matched fraction actually read."""
+    if reading == "final":
+        return "final checkpoints of both runs (step-matched when both ran the same steps)"
+    unit = reading.removeprefix("matched-")
+    what = {"steps": "steps", "tokens": "next-token tokens", "flops": "FLOPs"}.get(unit, unit)
+    text = (f"compute-matched on {what}: the meta run's final checkpoint against the vanilla run's last checkpoint "
+            f"at or before the meta run's final {what} (never beyond)")
+    ratios = [r for r in (ratios if ratios is not None else []) if r == r]
+    if ratios:
+        text += f"; the vanilla checkpoints read had {min(ratios):.3f}–{max(ratios):.3f} of the meta runs' {what}"
+    return text
 
 
 def render(data: ExperimentData, d: Design, out: Outputs) -> None:
@@ -129,7 +199,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         data.skip("NER: ner/results.csv has no test-split micro_f1 rows")
         return
     inputs = ["ner/results.csv"]
-    _heatmaps(df, d, out, inputs)
+    _heatmaps(finals(df), d, out, inputs)
     table = summary_table(data, d)
     out.table(table, "ner_summary",
               "UNER micro-F1 summary per method and model: mean over the eval sets of each kind per train set, "
@@ -146,19 +216,30 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     if deltas.empty:
         data.skip("NER ΔF1: no meta run has a vanilla baseline with matching NER results")
         return
-    caption = ("ΔF1 = meta − vanilla (paired by the pairing rule), averaged over matched train set × eval set "
-               f"pairs, by entity type, eval kind, regime and {d.panel_title()}.")
+    pairing = d.baseline_text() if hasattr(d, "baseline_text") else "baselines by the pairing rule"
+    readings = list(dict.fromkeys(deltas["reading"]))
+    how = "; ".join(f"reading {r}: {reading_text(r, deltas.loc[deltas['reading'] == r, 'match_ratio'])}"
+                    for r in readings)
+    caption = (f"ΔF1 = meta − vanilla ({pairing}), averaged over matched train set × eval set pairs, by reading, "
+               f"entity type, eval kind, regime and {d.panel_title()}. {how}.")
     out.table(deltas, "ner_delta_f1", caption, inputs,
-              formats={"meta_f1": "{:.3f}", "vanilla_f1": "{:.3f}", "delta_f1": "{:+.3f}"})
+              formats={"meta_f1": "{:.3f}", "vanilla_f1": "{:.3f}", "delta_f1": "{:+.3f}", "match_ratio": "{:.3f}"})
     tests = delta_tests(deltas, d)
     test_names = sorted({stats.PAIRED_TEST if p else stats.UNPAIRED_TEST for p in tests["paired"]})
-    tcaption = ("ΔF1 = meta − vanilla per method, " + d.panel_title() + ", regime, eval kind and entity over the "
-                f"meta runs of each cell (one pair per run; n pairs = {'/'.join(map(str, sorted(set(tests['n']))))}):"
-                f" mean ΔF1, its 95% CI and the p-value of the {' / '.join(test_names)} "
-                "(no interval and no test for n = 1).")
+    tcaption = ("ΔF1 = meta − vanilla per method, baseline, reading, " + d.panel_title() + ", regime, eval kind and "
+                f"entity over the meta runs of each cell (one pair per run; n pairs = "
+                f"{'/'.join(map(str, sorted(set(tests['n']))))}): mean ΔF1, its 95% CI and the p-value of the "
+                f"{' / '.join(test_names)} (no interval and no test for n = 1). {pairing}. {how}.")
     out.table(tests, "ner_delta_f1_tests", tcaption, inputs, display=_shown_tests(tests),
               latex_drop=("source", "run_ids"))
-    _delta_figure(tests, d, out, tcaption + " Bars: mean ΔF1, whiskers: its 95% CI.", inputs)
+    for reading in readings:
+        sub = tests[tests["reading"] == reading]
+        name = "ner_delta_f1" if reading == "final" else safe_name("ner_delta_f1", reading)
+        fcaption = (f"ΔF1 = meta − vanilla, reading {reading}: {reading_text(reading, sub['match_ratio'])}. "
+                    f"{pairing}. Bars: mean ΔF1 over the pairs of each cell (n = "
+                    f"{'/'.join(map(str, sorted(set(sub['n']))))}), whiskers: its 95% CI "
+                    f"({' / '.join(test_names)}; none for n = 1).")
+        _delta_figure(sub, d, out, fcaption, inputs, name)
 
 
 def summary_cells(table, d: Design):
@@ -197,7 +278,7 @@ def delta_tests(deltas, d: Design):
     import pandas as pd
 
     rows = []
-    keys = ["panel", "method", "regime", "scope", "entity"]
+    keys = ["panel", "method", "baseline", "reading", "regime", "scope", "entity"]
     for key, g in deltas.groupby(keys, sort=False):
         is_paired = all(d.paired.get(r, True) for r in g["run_id"])
         if is_paired:
@@ -208,13 +289,16 @@ def delta_tests(deltas, d: Design):
         rows.append(dict(zip(keys, key, strict=True)) | {
             "n": t.n, "meta_f1": g["meta_f1"].mean(), "vanilla_f1": g["vanilla_f1"].mean(),
             "delta_f1": t.mean_diff, "delta_f1_lo": t.lo, "delta_f1_hi": t.hi, "p": t.p, "paired": is_paired,
+            "match_ratio": g["match_ratio"].mean(), "vanilla_steps": "; ".join(
+                sorted({str(int(v)) for v in g["vanilla_step"] if v == v})),
             "test": t.test if t.n >= 2 else "none (n = 1)", "run_ids": "; ".join(g["run_id"]),
             "source": "ner/results.csv"})
     return pd.DataFrame(rows)
 
 
 def _shown_tests(tests):
-    shown = tests[["panel", "method", "regime", "scope", "entity", "n", "meta_f1", "vanilla_f1"]].copy()
+    shown = tests[["panel", "method", "baseline", "reading", "regime", "scope", "entity", "n", "meta_f1",
+                   "vanilla_f1"]].copy()
     shown["ΔF1 [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:+.3f}") for m, lo, hi, n in
                              zip(tests["delta_f1"], tests["delta_f1_lo"], tests["delta_f1_hi"], tests["n"],
                                  strict=True)]
@@ -275,7 +359,7 @@ def _heatmaps(df, d: Design, out: Outputs, inputs: list[str]) -> None:
             out.figure(fig, "ner", safe_name("ner_f1_heatmap", panel, regime), caption, inputs)
 
 
-def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str]) -> None:
+def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str], name: str = "ner_delta_f1") -> None:
     import numpy as np
 
     from metapretrain.figures import style
@@ -283,8 +367,8 @@ def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str
     scopes = [s for s in (*KINDS, "all") if (tests["scope"] == s).any()]
     regimes = sorted(tests["regime"].unique(), key=lambda r: (r != "head", r))
     entities = sorted(tests["entity"].unique(), key=lambda e: (e != "micro", e))
-    xs = list(dict.fromkeys(zip(tests["panel"], tests["method"], strict=True)))
-    multi = len({m for _, m in xs}) > 1
+    xs = list(dict.fromkeys(zip(tests["panel"], tests["method"], tests["baseline"], strict=True)))
+    multi = len({(m, b) for _, m, b in xs}) > 1
     colors = dict(zip(entities, style.OKABE_ITO, strict=False))
     import matplotlib.pyplot as plt
 
@@ -297,8 +381,9 @@ def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str
             ax.axhline(0, color="black", lw=0.8)
             for k, ent in enumerate(entities):
                 vals, lo, hi = [], [], []
-                for p, m in xs:
-                    sel = tests[(tests["panel"] == p) & (tests["method"] == m) & (tests["regime"] == regime)
+                for p, m, b in xs:
+                    sel = tests[(tests["panel"] == p) & (tests["method"] == m) & (tests["baseline"] == b)
+                                & (tests["regime"] == regime)
                                 & (tests["scope"] == scope) & (tests["entity"] == ent)]
                     row = sel.iloc[0] if len(sel) else None
                     vals.append(float(row["delta_f1"]) if row is not None else np.nan)
@@ -312,7 +397,7 @@ def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str
                 if ok.any():
                     err = np.vstack([v - np.array(lo) * 100, np.array(hi) * 100 - v])
                     ax.errorbar(pos[ok], v[ok], yerr=err[:, ok], ls="", color="black", lw=0.7, capsize=1.5)
-            ax.set_xticks(range(len(xs)), [f"{p}\n{m}" if multi else p for p, m in xs], fontsize=7)
+            ax.set_xticks(range(len(xs)), [f"{p}\n{m} vs {b}" if multi else p for p, m, b in xs], fontsize=7)
             ax.set_title(f"{regime} fine-tuning · {KIND_TITLES[scope]}")
             if j == 0:
                 ax.set_ylabel("ΔF1, meta − vanilla (pp)")
@@ -321,4 +406,4 @@ def _delta_figure(tests, d: Design, out: Outputs, caption: str, inputs: list[str
     flat = [a for row in axes for a in row]
     fig.tight_layout()
     style.figure_legend(fig, flat, ncol=len(entities))
-    out.figure(fig, "ner", "ner_delta_f1", caption, inputs)
+    out.figure(fig, "ner", name, caption, inputs)

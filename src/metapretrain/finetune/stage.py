@@ -2,6 +2,8 @@
 
     metapretrain finetune --run-dir RUN --train-set NAME --regime head|full
 
+    metapretrain finetune --run-dir VANILLA --train-set NAME --regime head --match-run META --match-unit flops
+
 Writes `RUN/finetune/<train_set>~<regime>/`: `results.csv` (tidy rows, see
 docs/architecture.md), `history.csv` (epoch, train loss, dev micro-F1, dev loss) and
 `done.json` last. `NAME` is a treebank directory with a train split, or `all`
@@ -10,6 +12,11 @@ for early stopping). Test sets are discovered in `finetune.data_dir`, so a
 test-only treebank dropped there is evaluated with no config change.
 Evaluation subsets (`finetune.max_eval_sentences`) are drawn with a fixed seed,
 so every run is scored on the same sentences.
+
+With `--match-run` and `--match-unit` it is a compute-matched reading (metapretrain.matching): the run
+is fine-tuned from its last checkpoint at or before the meta run's final steps / next-token tokens /
+FLOPs, into `RUN/finetune/<train_set>~<regime>~matched-<unit>-<tag>/`, whose `done.json` records the
+meta run, the target and the count actually read.
 
 `finetune_run` goes through its steps in order: `read_data`, `build_classifier`,
 `train_classifier`, `evaluate`, `write_outputs`.
@@ -88,6 +95,7 @@ class Classifier:
     max_len: int
     device: torch.device
     checkpoint_step: int
+    checkpoint: dict | None = None  # the checkpoint's counters, and for a matched reading what it matched
 
     def source(self, sents: list, batch_size: int, cache: bool):
         from metapretrain.finetune.data import encode
@@ -98,33 +106,49 @@ class Classifier:
                              device=self.device, batch_size=batch_size, cache=cache)
 
 
-def finetune_run(run_dir: str, train_set: str, regime: str) -> str:
-    """Fine-tune and evaluate; returns the output directory. Returns at once when it is already done."""
+def finetune_run(run_dir: str, train_set: str, regime: str, match_run: str | None = None,
+                 match_unit: str | None = None) -> str:
+    """Fine-tune and evaluate; returns the output directory. Returns at once when it is already done.
+
+    With `match_run` (a meta run's directory) and `match_unit`, a compute-matched reading (module docstring).
+    """
     from metapretrain.config import load_run_config
     from metapretrain.device import resolve_device
 
     run_dir_p = Path(run_dir)
-    out = paths.finetune_dir(run_dir_p, train_set, regime)
+    reading = matched_reading(match_run, match_unit)
+    out = paths.finetune_dir(run_dir_p, train_set, regime, reading)
+    name = out.name
     if paths.done_file(out).is_file():
         problem = done_problem(out, "finetune")
         if problem is None:
-            print(f"finetune {train_set}~{regime}: already done ({paths.done_file(out)})", flush=True)
+            print(f"finetune {name}: already done ({paths.done_file(out)})", flush=True)
             return str(out)
-        print(f"warning: finetune {train_set}~{regime}: {problem}; fine-tuning again", flush=True)
+        print(f"warning: finetune {name}: {problem}; fine-tuning again", flush=True)
     if regime not in ("head", "full"):
         raise ValueError(f"regime must be 'head' or 'full', got {regime!r}")
     cfg = load_run_config(paths.resolved_config(run_dir_p))
     run_id, axes = _run_identity(run_dir_p)
+    checkpoint, match = None, None
+    if reading is not None:
+        from metapretrain.matching import matched_checkpoint
+
+        checkpoint, match = matched_checkpoint(run_dir_p, Path(match_run), match_unit)
+        print(f"finetune {name}: {match_unit} matched to {match['matched_to']}: target {match['match_target']:.6g}, "
+              f"read step {checkpoint.step} at {match['match_actual']:.6g} ({match['match_ratio']:.3f} of it)",
+              flush=True)
     data = read_data(cfg, train_set)
-    print(f"finetune {train_set}~{regime}: {len(data.train)} train, {len(data.dev)} dev sentences, "
+    print(f"finetune {name}: {len(data.train)} train, {len(data.dev)} dev sentences, "
           f"{len(data.tests)} test sets; {sum(r['repairs'] for r in data.report.values())} invalid I- tags "
           f"repaired ({cfg.finetune.invalid_transition})", flush=True)
-    model = build_classifier(cfg, run_dir_p, resolve_device(cfg.finetune.device, "finetune.device"))
+    model = build_classifier(cfg, run_dir_p, resolve_device(cfg.finetune.device, "finetune.device"), checkpoint)
+    if match is not None:
+        model.checkpoint |= match
     out.mkdir(parents=True, exist_ok=True)
     result, dev_src = train_classifier(model, data, cfg, train_set, regime, out)
     rows = evaluate(model, data, dev_src, cfg.finetune, train_set, regime, run_id, json.dumps(axes, sort_keys=True))
     write_outputs(out, run_id, data, model, result, rows, cfg.finetune, train_set, regime)
-    _log_wandb(cfg, run_dir_p, run_id, train_set, regime, result.history, rows)
+    _log_wandb(cfg, run_dir_p, run_id, train_set, regime, result.history, rows, reading)
     return str(out)
 
 
@@ -175,8 +199,24 @@ def read_data(cfg, train_set: str) -> FinetuneData:
     return FinetuneData(uner_dir, treebanks, sources, extra, train, dev, tests, report)
 
 
-def build_classifier(cfg, run_dir: Path, device: torch.device) -> Classifier:
-    """A TokenClassifier (`finetune.head_type`) on the run's final checkpoint, seeded by the fine-tuning seed."""
+def matched_reading(match_run: str | Path | None, match_unit: str | None) -> str | None:
+    """The reading name of a matched fine-tune (None for the final checkpoint); ValueError on half a match."""
+    if (match_run is None) != (match_unit is None):
+        raise ValueError("a compute-matched fine-tune needs both --match-run and --match-unit")
+    if match_run is None:
+        return None
+    from metapretrain.checkpoint import MATCH_UNITS
+    from metapretrain.matching import reading_name
+
+    if match_unit not in MATCH_UNITS:
+        raise ValueError(f"--match-unit must be one of {', '.join(MATCH_UNITS)}, got {match_unit!r}")
+    meta_id, _ = _run_identity(Path(match_run))
+    return reading_name(match_unit, meta_id)
+
+
+def build_classifier(cfg, run_dir: Path, device: torch.device, checkpoint=None) -> Classifier:
+    """A TokenClassifier (`finetune.head_type`) on the run's final checkpoint (or `checkpoint`, a
+    CheckpointInfo), seeded by the fine-tuning seed."""
     import torch
 
     from metapretrain.checkpoint import final_checkpoint, load_model
@@ -185,14 +225,16 @@ def build_classifier(cfg, run_dir: Path, device: torch.device) -> Classifier:
     from metapretrain.finetune.model import TokenClassifier
 
     ft = cfg.finetune
-    ckpt = final_checkpoint(run_dir)
+    ckpt = checkpoint if checkpoint is not None else final_checkpoint(run_dir)
     backbone = load_model(ckpt, device=device)
     tokenizer = load_tokenizer(paths.tokenizer_file(paths.pretrain_dir(run_dir)))
     names = label_names(ft.labels)
     torch.manual_seed(ft.seed_of(cfg.seed))
     clf = TokenClassifier(backbone, len(names), ft.head_type).to(device)
+    counts = {"checkpoint_tokens": ckpt.tokens, "checkpoint_tokens_ntp": ckpt.tokens_ntp,
+              "checkpoint_flops": ckpt.flops, "reading": "final"}
     return Classifier(clf, WordEncoder(tokenizer), names, min(ft.max_length, backbone.cfg.max_seq_len), device,
-                      ckpt.step)
+                      ckpt.step, counts)
 
 
 def train_classifier(model: Classifier, data: FinetuneData, cfg, train_set: str, regime: str, out: Path):
@@ -245,13 +287,14 @@ def write_outputs(out: Path, run_id: str, data: FinetuneData, model: Classifier,
     write_done(out, "finetune", run_id, ["results.csv", "history.csv"],
                extra={"unofficial_train": {tb: str(p) for tb, p in data.extra.items() if tb in data.sources},
                       "train_set": train_set, "regime": regime, "checkpoint_step": model.checkpoint_step,
+                      **(model.checkpoint or {}),
                       "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
                       "head_type": ft.head_type, "data_dir": str(data.uner_dir), "data": data.report})
     (out / STATE_FILE).unlink(missing_ok=True)  # only needed to resume an unfinished job
 
 
 def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, history: list[dict],
-               rows: list[list]) -> None:
+               rows: list[list], reading: str | None = None) -> None:
     """Mirror one fine-tuning job to W&B (its own W&B run, grouped by experiment); never raises."""
     from metapretrain.wandb_run import stable_run_id, wandb_mode
 
@@ -265,7 +308,7 @@ def _log_wandb(cfg, run_dir: Path, run_id: str, train_set: str, regime: str, his
 
         rec = read_run_record(run_dir)
         experiment = rec.experiment if rec else None
-        stage = stages.finetune(run_dir, train_set, regime)
+        stage = stages.finetune(run_dir, train_set, regime, reading)
         name, out = f"{run_id}/{stage.key}", stage.directory
         run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, id=stable_run_id(experiment, name),
                          name=name, group=experiment, job_type="finetune", resume="allow", mode=mode,
@@ -298,12 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regime", required=True, choices=["head", "full"])
     from metapretrain.launch.run import add_threads_option, run_stage
 
+    p.add_argument("--match-run", default=None,
+                   help="a meta run's directory: fine-tune from this run's checkpoint matched to its final compute")
+    p.add_argument("--match-unit", default=None, choices=["steps", "tokens", "flops"],
+                   help="what --match-run is matched on (tokens = next-token tokens)")
     add_threads_option(p, "finetune")
     args = p.parse_args(argv)
     from metapretrain.config import load_run_config
 
     run_dir = Path(args.run_dir)
-    stage = stages.finetune(run_dir, args.train_set, args.regime)
+    try:
+        reading = matched_reading(args.match_run, args.match_unit)
+    except ValueError as exc:
+        print(f"metapretrain finetune: error: {exc}", file=sys.stderr)
+        return 2
+    stage = stages.finetune(run_dir, args.train_set, args.regime, reading)
     if done_is_valid(stage.directory, "finetune"):
         print(f"finetune {stage.variant} of {run_dir}: already done")
         return 0
@@ -314,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(cfg_file)
     return run_stage(stage=stage.key, run_dir=run_dir, cfg=cfg,
                      target="metapretrain.finetune.stage:finetune_run",
-                     kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime},
+                     kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime}
+                     | ({"match_run": str(Path(args.match_run).resolve()), "match_unit": args.match_unit}
+                        if reading else {}),
                      threads=args.threads)
 
 

@@ -26,18 +26,50 @@ from metapretrain.io import InputError, atomic_write_text, read_text
 KINDS = ("in_language", "cross_lingual", "test_only")
 
 
+# What each fine-tune's done.json says about the checkpoint it read, added to every row of ner/results.csv:
+# `reading` is `final` or `matched-<unit>` (metapretrain.matching), `matched_to` the meta run it matched.
+READING_COLUMNS = ["reading", "matched_to", "match_target", "checkpoint_step", "checkpoint_tokens_ntp",
+                   "checkpoint_flops"]
+TABLE_COLUMNS = RESULT_COLUMNS + READING_COLUMNS
+
+
+def reading_of(done: dict) -> dict[str, str]:
+    """The READING_COLUMNS of one fine-tune from its done.json (one written before readings existed: final)."""
+    from metapretrain.matching import reading_unit
+
+    reading = str(done.get("reading") or "final")
+    if reading != "final":
+        reading = f"matched-{reading_unit(reading)}"
+
+    def text(key):
+        v = done.get(key)
+        return "" if v is None else str(v)
+
+    return {"reading": reading, "matched_to": text("matched_to"), "match_target": text("match_target"),
+            "checkpoint_step": text("checkpoint_step"), "checkpoint_tokens_ntp": text("checkpoint_tokens_ntp"),
+            "checkpoint_flops": text("checkpoint_flops")}
+
+
 def collect(experiment_dir: str | Path) -> tuple[list[dict], list[Path]]:
-    """(rows of every finished results.csv, result directories without done.json)."""
+    """(rows of every finished results.csv with their READING_COLUMNS, result directories without done.json)."""
+    from metapretrain.io import read_json
+
     rows, pending = [], []
     for f in sorted(Path(experiment_dir).glob("runs/**/finetune/*/results.csv")):
-        if not paths.done_file(f.parent).is_file():
+        done_path = paths.done_file(f.parent)
+        if not done_path.is_file():
             pending.append(f.parent)
             continue
+        done = read_json(done_path)  # an InputError naming file:line when damaged
+        try:
+            extra = reading_of(done if isinstance(done, dict) else {})
+        except ValueError as exc:
+            raise InputError(done_path, f"reading: {exc}", 1) from None
         reader = csv.DictReader(io.StringIO(read_text(f), newline=""))
         try:
             if reader.fieldnames != RESULT_COLUMNS:
                 raise InputError(f, f"columns {reader.fieldnames} != expected {RESULT_COLUMNS}", 1)
-            rows.extend(reader)
+            rows.extend(row | extra for row in reader)
         except csv.Error as exc:
             raise InputError(f, f"not valid CSV ({exc})", reader.line_num) from None
     return rows, pending
@@ -54,13 +86,14 @@ def markdown(rows: list[dict]) -> str:
     eval_sets: set[str] = set()
     for r in rows:
         if r["eval_split"] == "test" and r["metric"] == "micro_f1":
-            key = (r["pretrain_run"], r["regime"], r["train_set"])
+            reading = r["reading"] + (f" of {r['matched_to']}" if r.get("matched_to") else "")
+            key = (r["pretrain_run"], r["regime"], r["train_set"], reading)
             f1[key][r["eval_set"]] = float(r["value"])
             kind_of[key][r["eval_set"]] = r["eval_kind"]
             eval_sets.add(r["eval_set"])
     sets = sorted(eval_sets)
-    head = ["pretrain run", "regime", "train set", *sets, *[f"mean {k.replace('_', '-')}" for k in KINDS]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(sets) + len(KINDS))]
+    head = ["pretrain run", "regime", "train set", "reading", *sets, *[f"mean {k.replace('_', '-')}" for k in KINDS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(sets) + len(KINDS))]
     for key in sorted(f1):
         means = []
         for kind in KINDS:
@@ -70,13 +103,16 @@ def markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if not f1:
         lines.append("| (no finished fine-tuning results) |" + " |" * (len(head) - 1))
-    return "\n".join(["Test micro-F1 (entity level, strict IOB2, ×100).", "", *lines]) + "\n"
+    intro = ("Test micro-F1 (entity level, strict IOB2, ×100). Reading: `final` = the run's final checkpoint; "
+             "`matched-<unit> of <meta run>` = the last checkpoint at or before that meta run's final steps, "
+             "next-token tokens or FLOPs (metapretrain.matching).")
+    return "\n".join([intro, "", *lines]) + "\n"
 
 
 def write_table(experiment_dir: str | Path, out: str | Path) -> tuple[Path, Path, list[Path]]:
     rows, pending = collect(experiment_dir)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     out = Path(out)

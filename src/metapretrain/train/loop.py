@@ -220,7 +220,8 @@ class Trainer:
                                      f"{', '.join(bad[:5])}")
             info = ckpt.save_checkpoint(self.run_dir, self.counters.step, model=_Weights(weights), state=state,
                                         config=self.cfg.to_dict(), tokens=self.counters.tokens,
-                                        flops=self.counters.flops, modules=self.modules() or None, tmp=tmp)
+                                        flops=self.counters.flops, modules=self.modules() or None, tmp=tmp,
+                                        tokens_ntp=self.counters.tokens_ntp)
             self.record("checkpoint", path=str(info.path.relative_to(self.run_dir)))
             self._prune()
             return info
