@@ -210,3 +210,46 @@ def test_snakemake_config_entries_become_typed_overrides():
     assert name == "x"
     with pytest.raises(ConfigError, match="unknown --config key 'trian'"):
         overrides_from_snakemake({"trian": {"lr": "1"}})
+
+
+BUDGET_OF = """
+experiment: t
+defaults:
+  model: {preset: micro}
+  train: {budget: {unit: steps, value: 40}}
+grid:
+  method:
+    vanilla: {meta.learner: none}
+    fomaml: {meta: {learner: fomaml, hybrid_ratio: 0.5}}
+    vanilla_flops: {meta.learner: none, budget_of: {method: fomaml}}
+  train.lr: [0.001, 0.003]
+"""
+
+
+def test_budget_of_gives_a_run_the_expected_flops_of_the_run_it_names(tmp_path):
+    from metapretrain.cost import run_cost
+
+    e = exp(tmp_path, BUDGET_OF)
+    assert len(e.runs) == 6
+    for lr in ("0.001", "0.003"):
+        meta = e.run(f"method~fomaml/train.lr~{lr}")
+        matched = e.run(f"method~vanilla_flops/train.lr~{lr}")
+        assert matched.config["meta"]["learner"] == "none" and matched.config["train"]["lr"] == float(lr)
+        assert matched.config["train"]["budget"] == {"unit": "flops", "value": run_cost(meta.typed).flops}
+        assert run_cost(matched.typed).flops == pytest.approx(run_cost(meta.typed).flops, rel=0.05)
+        assert e.run(f"method~vanilla/train.lr~{lr}").config["train"]["budget"] == {"unit": "steps", "value": 40}
+    assert "budget_of" not in json.dumps(e.run("method~vanilla_flops/train.lr~0.001").config)
+
+
+@pytest.mark.parametrize("directive,message", [
+    ("{method: reptile}", r"axis 'method' has no value 'reptile'"),
+    ("{size: tiny}", r"'size' is not an axis of the grid"),
+    ("{unit: steps, method: fomaml}", r"budget_of.unit must be one of flops"),
+    ("{unit: flops}", r"names no axis value"),
+    ("{method: vanilla_flops}", r"itself has a budget_of budget"),
+])
+def test_budget_of_errors_name_the_key(tmp_path, directive, message):
+    text = BUDGET_OF.replace("budget_of: {method: fomaml}", f"budget_of: {directive}")
+    with pytest.raises(ConfigError, match=message) as err:
+        exp(tmp_path, text)
+    assert "grid.method.vanilla_flops.budget_of" in str(err.value) and "e.yaml" in str(err.value)

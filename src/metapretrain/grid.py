@@ -155,7 +155,9 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
     validate(defaults, run_schema(), file=file, lines=lines, prefix=("defaults",))
     base = apply_overrides(defaults, cli)
 
-    axes = _parse_axes(data["grid"], data["zip"], file, lines)
+    budget_refs: dict[tuple[str, str], dict] = {}
+    axes = _parse_axes(data["grid"], data["zip"], file, lines, budget_refs)
+    budget_refs = {k: _check_budget_of(v, axes, k, file, lines) for k, v in budget_refs.items()}
     points = [dict(p) for p in itertools.product(*[[(name, v) for v in values] for name, values in axes.items()])]
     points = [p for p in points if not _excluded(p, data["exclude"], axes, file, lines)]
 
@@ -163,10 +165,13 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
     index = ContentIndex()
     try:
         for point in points:
-            runs.append(_make_run(point, axes, base, file, lines, index, source="grid"))
+            budget = _matched_budget(point, budget_refs, axes, base, file, lines, index)
+            runs.append(_make_run(point, axes, base, file, lines, index, source="grid", budget=budget))
         for i, item in enumerate(data["include"]):
             point, extra = _parse_include(item, axes, file, lines, i)
-            runs.append(_make_run(point, axes, base, file, lines, index, source="include", extra=extra))
+            budget = _matched_budget(point, budget_refs, axes, base, file, lines, index)
+            runs.append(_make_run(point, axes, base, file, lines, index, source="include", extra=extra,
+                                  budget=budget))
     except DataError as exc:
         if exc.file:
             raise
@@ -194,8 +199,10 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
                       compare=compare_settings(data.get("compare") or {}))
 
 
-def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str, dict]]]:
-    """axis name -> [(value label, nested overrides)]."""
+def _parse_axes(grid: dict, zips: dict, file, lines, budget_refs: dict | None = None
+                ) -> dict[str, list[tuple[str, dict]]]:
+    """axis name -> [(value label, nested overrides)]; a bundle's `budget_of` goes to `budget_refs`
+    ((axis, label) -> the directive), checked once every axis is known (`_check_budget_of`)."""
     axes: dict[str, list[tuple[str, dict]]] = {}
     for name, spec in grid.items():
         name = str(name)
@@ -215,7 +222,12 @@ def _parse_axes(grid: dict, zips: dict, file, lines) -> dict[str, list[tuple[str
                                   line=lines(("grid", name)))
             values = []
             for label, bundle in spec.items():
-                overrides = nest(bundle or {})
+                bundle = dict(bundle or {})
+                if BUDGET_OF in bundle:
+                    if budget_refs is None:
+                        raise ConfigError(f"{BUDGET_OF} is not allowed here", file=file, key=f"grid.{name}.{label}")
+                    budget_refs[(name, format_value(label))] = bundle.pop(BUDGET_OF)
+                overrides = nest(bundle)
                 for key in _flat_keys(bundle or {}):
                     check_dotted_key(key, file=file, line=lines(("grid", name, label, key)) or lines(("grid", name, label)))
                 validate(overrides, run_schema(), file=file,
@@ -306,12 +318,69 @@ def _parse_include(item: dict, axes, file, lines, i) -> tuple[dict, dict]:
     return point, extra
 
 
+BUDGET_OF = "budget_of"
+MATCHABLE_BUDGETS = ("flops",)
+
+
+def _check_budget_of(directive, axes, where: tuple[str, str], file, lines) -> dict:
+    """A bundle's `budget_of: {unit: flops, <axis>: <value>, ...}`: the unit, and the axis values that turn a run
+    of this bundle into the run whose expected compute it gets."""
+    name, label = where
+    key = f"grid.{name}.{label}.{BUDGET_OF}"
+    line = lines(("grid", name, label, BUDGET_OF)) or lines(("grid", name, label))
+    if not isinstance(directive, dict) or not directive:
+        raise ConfigError(f"{BUDGET_OF} must map `unit` and axis names to values, e.g. "
+                          f"{{unit: flops, {name}: fomaml}}", file=file, key=key, line=line)
+    directive = dict(directive)
+    unit = directive.pop("unit", "flops")
+    if unit not in MATCHABLE_BUDGETS:
+        raise ConfigError(f"{BUDGET_OF}.unit must be one of {', '.join(MATCHABLE_BUDGETS)}, got {unit!r}",
+                          file=file, key=f"{key}.unit", line=line)
+    if not directive:
+        raise ConfigError(f"{BUDGET_OF} names no axis value: which run's compute should this run get?",
+                          file=file, key=key, line=line)
+    ref = {}
+    for axis, value in directive.items():
+        axis = str(axis)
+        if axis not in axes:
+            raise ConfigError(f"{BUDGET_OF}: '{axis}' is not an axis of the grid ({', '.join(axes)})",
+                              file=file, key=f"{key}.{axis}", line=line)
+        labels = [lb for lb, _ in axes[axis]]
+        if format_value(value) not in labels:
+            raise ConfigError(f"{BUDGET_OF}: axis '{axis}' has no value {value!r} ({', '.join(labels)})",
+                              file=file, key=f"{key}.{axis}", line=line)
+        ref[axis] = next(v for v in axes[axis] if v[0] == format_value(value))
+    return {"unit": unit, "ref": ref, "key": key, "line": line}
+
+
+def _matched_budget(point: dict, refs: dict, axes, base: dict, file, lines, index: ContentIndex) -> dict | None:
+    """`train.budget` of a run whose bundle says `budget_of`: the expected FLOPs of the run it names (this run's
+    point with the named axis values), as `metapretrain.cost.run_cost` predicts them from the config."""
+    hits = [refs[(name, value[0])] for name, value in point.items() if (name, value[0]) in refs]
+    if not hits:
+        return None
+    if len(hits) > 1:
+        raise ConfigError(f"a run has two {BUDGET_OF} bundles ({hits[0]['key']}, {hits[1]['key']})", file=file,
+                          key=hits[1]["key"], line=hits[1]["line"])
+    directive = hits[0]
+    ref_point = dict(point) | directive["ref"]
+    if any((name, value[0]) in refs for name, value in ref_point.items()):
+        raise ConfigError(f"{BUDGET_OF} names a run that itself has a {BUDGET_OF} budget", file=file,
+                          key=directive["key"], line=directive["line"])
+    from metapretrain.cost import run_cost
+
+    ref = _make_run(ref_point, axes, base, file, lines, index, source="budget_of")
+    return {"train": {"budget": {"unit": directive["unit"], "value": float(run_cost(ref.typed).flops)}}}
+
+
 def _make_run(point: dict, axes, base: dict, file, lines, index: ContentIndex, source: str,
-              extra: dict | None = None) -> Run:
+              extra: dict | None = None, budget: dict | None = None) -> Run:
     cfg = base
     for name in axes:
         if name in point:
             cfg = deep_merge(cfg, point[name][1])
+    if budget is not None:  # a `budget_of` bundle: the compute of the run it names
+        cfg = deep_merge(cfg, budget)
     cfg = deep_merge(cfg, nest(extra or {}))  # an include's own overrides win over its axis bundles
     resolved = fill_defaults(cfg)
     labels = {name: point[name][0] for name in point} | {k: format_value(v) for k, v in (extra or {}).items()}
