@@ -59,7 +59,8 @@ def make_seeds_experiment(root: Path, seeds=SEEDS, methods_seeds=None, replicate
             pd.DataFrame(dyn, columns=["run_id", "step", "layer", "component", "metric", "value"]).to_csv(
                 rdir / "dynamics" / "dynamics.csv", index=False)
             step, rf = PEAK[seed] if method == "vanilla" else (80, True)
-            pd.DataFrame([[run_id, 0, "resid.act", "per", step, 0.8, rf]],
+            # A second curve per run (layer 1, monotone): a run counts once in its cell however many curves it has.
+            pd.DataFrame([[run_id, 0, "resid.act", "per", step, 0.8, rf], [run_id, 1, "resid.act", "per", 200, 0.9, False]],
                          columns=["run_id", "layer", "component", "metric", "peak_step", "peak_value",
                                   "is_rise_and_fall"]).to_csv(rdir / "dynamics" / "peaks.csv", index=False)
             f1 = (VAN_F1 if method == "vanilla" else META_F1)[seed]
@@ -145,10 +146,14 @@ def test_ner_cells_and_paired_delta_test(three):
 
 def test_dynamics_peak_step_and_rise_and_fall_fraction(three):
     exp, _ = three
-    t = table(exp, "dynamics_peaks_summary").set_index("method").loc["vanilla"]
-    assert t["n_runs"] == 3 and t["peak_step"] == pytest.approx(120)
-    assert t["peak_step_hi"] == pytest.approx(120 + T2 * 20 / math.sqrt(3), abs=1e-4)
+    summ = table(exp, "dynamics_peaks_summary")
+    t = summ[summ["layer"] == 0].set_index("method").loc["vanilla"]
+    # The peak step over the runs with a rise-and-fall (seeds 1, 2: 100 and 120), t with 1 df.
+    assert t["n_runs"] == 3 and t["n_peaks"] == 2 and t["peak_step"] == pytest.approx(110)
+    assert t["peak_step_hi"] == pytest.approx(110 + 12.706205 * 20 / math.sqrt(2) / math.sqrt(2), abs=1e-3)
     assert t["rise_and_fall_fraction"] == pytest.approx(2 / 3)
+    flat = summ[summ["layer"] == 1].set_index("method").loc["vanilla"]
+    assert flat["n_runs"] == 3 and flat["n_peaks"] == 0 and flat["rise_and_fall_fraction"] == 0
 
 
 def test_one_seed_says_n_1_without_interval(tmp_path):

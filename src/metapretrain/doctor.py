@@ -46,7 +46,11 @@ def diagnose(exp) -> dict[str, list[dict]]:
     on_disk = find_run_dirs(exp.name)
     report: dict[str, list[dict]] = {"incomplete": [], "changed": [], "orphaned": []}
     grid = {r.run_id: r for r in exp.runs}
-    directories = {(r.run_id, s.name): s.directory for r in exp.runs for s in stages.of_run(exp.name, r)}
+    from metapretrain.matching import stages_by_run
+
+    matched = stages_by_run(exp)
+    directories = {(r.run_id, s.name): s.directory for r in exp.runs
+                   for s in stages.of_run(exp.name, r) + matched.get(r.run_id, [])}
     for row in collect(exp):
         if row.state not in ("done", "changed"):  # changed runs are listed below
             report["incomplete"].append({"run_id": row.run_id, "stage": row.stage, "state": row.state, "log": row.log})

@@ -102,6 +102,14 @@ def plan(exp: Experiment) -> list[MatchedFinetune]:
     return out
 
 
+def stages_by_run(exp: Experiment) -> dict[str, list[stages.Stage]]:
+    """Run id -> the matched fine-tune stages of that (vanilla) run, for `status` and `doctor`."""
+    out: dict[str, list[stages.Stage]] = {}
+    for m in plan(exp):
+        out.setdefault(m.vanilla, []).append(m.stage)
+    return out
+
+
 def meta_target(meta_dir: str | Path, unit: str) -> tuple[float, CheckpointInfo]:
     """(the meta run's final count of `unit`, its final checkpoint); CheckpointError when unfinished or unrecorded."""
     from metapretrain.checkpoint import CheckpointError, final_checkpoint

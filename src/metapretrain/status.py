@@ -262,8 +262,11 @@ def _mark_changed(rows: list[Row], changes: list[dict] | None) -> None:
 
 
 def collect(exp, runs_glob: str | None = None) -> list[Row]:
+    from metapretrain.matching import stages_by_run
+
     slurm = SlurmQuery()
     rows: list[Row] = []
+    matched = stages_by_run(exp)  # compute-matched fine-tunes of vanilla runs (compare.match)
     for run in exp.runs:
         if runs_glob and not fnmatch.fnmatch(run.run_id, runs_glob):
             continue
@@ -271,7 +274,7 @@ def collect(exp, runs_glob: str | None = None) -> list[Row]:
         first = len(rows) + 1  # the run's stages after its tokenize row
         # Tokenize rows are never `changed`: the directory is named by the hash of what tokenization reads,
         # so an edit of those keys names another directory (planned), and other edits leave it valid.
-        for stage in stages.of_run(exp.name, run):
+        for stage in stages.of_run(exp.name, run) + matched.get(run.run_id, []):
             record = read_job_record(stage.job_record) if stage.kind in stages.LAUNCHED else None
             started = paths.metrics_file(rd).exists() if stage.kind == "pretrain" else stage.directory.exists()
             row = stage_row(run.run_id, stage, record, slurm, started)

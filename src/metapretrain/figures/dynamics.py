@@ -402,7 +402,7 @@ def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
     ns = "/".join(map(str, sorted(set(summ["n_runs"]))))
     over = d.replicates_text()
     caption = (f"Peak step of each learning-dynamics curve per method and {d.panel_title()} over the runs of each "
-               f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs with a peak, "
+               f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs in which the curve rises and falls (n_peaks), "
                f"with a {stats.T_INTERVAL} (none for n = 1), and the fraction of the cell's runs in which the "
                "layer shows a rise-and-fall.")
     out.table(summ, "dynamics_peaks_summary", caption, sorted(set(p["source"])), display=_shown_peaks(summ),
@@ -417,12 +417,13 @@ def peaks_summary(peaks, d: Design):
                      layer=[_key(x) for x in peaks["layer"]],
                      rise_fall=[str(v).lower() in ("true", "1", "1.0", "yes")
                                 for v in peaks.get("is_rise_and_fall", [False] * len(peaks))])
-    cells = d.cells(p["run_id"])
+    cells = d.cells(p["run_id"].unique())  # each run once, however many curves it has
     rows = []
     for (panel, method), rids in cells.items():
         sub = p[p["run_id"].isin(rids)]
         for (metric, comp, layer), g in sub.groupby(["metric", "component", "layer"], sort=True):
-            s = stats.summary(pd.to_numeric(g["peak_step"], errors="coerce"))
+            # The step of a detected rise-and-fall only: a monotone curve's maximum sits at an end of the run.
+            s = stats.summary(pd.to_numeric(g.loc[g["rise_fall"], "peak_step"], errors="coerce"))
             rows.append({"panel": panel, "method": method, "metric": metric, "component": comp, "layer": layer,
                          "n_runs": len(rids), "n_peaks": s.n, "peak_step": s.mean, "peak_step_lo": s.lo,
                          "peak_step_hi": s.hi, "rise_and_fall_fraction": int(g.groupby("run_id")["rise_fall"].any().sum()) / len(rids),
