@@ -107,8 +107,32 @@ def subplots(n: int, *, max_cols: int = 4, w: float = 3.0, h: float = 2.4, share
     return fig, flat[:n]
 
 
+NTP_TOKENS = "tokens = next-token tokens"  # caption phrase when `tokens` is read from `tokens_ntp`
+
+
+def has_ntp_tokens(df) -> bool:
+    """Whether a metrics frame counts next-token tokens (`tokens_ntp`, finite on every record)."""
+    if df is None or "tokens_ntp" not in df or not len(df):
+        return False
+    import pandas as pd
+
+    return bool(pd.to_numeric(df["tokens_ntp"], errors="coerce").notna().all())
+
+
+def with_ntp_tokens(df):
+    """The frame with `tokens` = next-token tokens where every record has `tokens_ntp` (`tokens` also counts
+    the meta steps' episode windows); unchanged otherwise (older runs, a resume that lost the count)."""
+    if not has_ntp_tokens(df):
+        return df
+    df = df.copy()
+    df["tokens"] = df["tokens_ntp"].astype(float)
+    return df
+
+
 def coord_values(df, coord: str):
-    """A metrics column in plotting units (wall seconds -> hours)."""
+    """A metrics column in plotting units (wall seconds -> hours; tokens -> next-token tokens when counted)."""
+    if coord == "tokens" and has_ntp_tokens(df):
+        return df["tokens_ntp"].astype(float)
     return df[coord] / 3600.0 if coord == "wall" else df[coord]
 
 
