@@ -160,13 +160,14 @@ def test_tuned_baseline_is_lowest_mean_not_lowest_run(tuned):
                             "replicates; 0.001: 4.50)") for n in d.notes)
     text = d.baseline_text()
     assert "vanilla at train.lr=0.003" in text and "{0.001, 0.003}" in text
-    assert "mean final validation loss over 2 seeds" in text and text.endswith("paired by seed")
+    assert text == ("baseline: vanilla at train.lr=0.003, the tuned value of {0.001, 0.003} by mean final "
+                    "validation loss over 2 seeds; paired by seed")
 
 
 def test_tuned_tables_and_captions_name_the_choice(tuned):
     grid = table(tuned, "grid").set_index("run_id")
     assert grid.loc[V("0.003", 1), "tuned_baseline"].startswith("chosen: train.lr=0.003")
-    assert grid.loc[V("0.001", 1), "tuned_baseline"].startswith("not chosen")
+    assert grid.loc[V("0.001", 1), "tuned_baseline"].startswith("not chosen (tuned: train.lr=0.003")
     assert grid.loc[M("0.001", 2), "baseline_run"] == V("0.003", 2)
     final = table(tuned, "pretrain_final_summary")
     assert set(final["method"]) == {"vanilla, lr=0.001", "vanilla, lr=0.003", "fomaml"}  # each lr its own cell
@@ -280,6 +281,10 @@ def test_vanilla_labels_get_distinct_colours():
     c = method_colors(["vanilla, lr=0.001", "vanilla, lr=0.003", "vanilla_flops", "fomaml"])
     assert len({c["vanilla, lr=0.001"], c["vanilla, lr=0.003"], c["vanilla_flops"]}) == 3
     assert c["fomaml"] == OKABE_ITO[0] and all(c[m] not in OKABE_ITO for m in c if m.startswith("vanilla"))
+    from metapretrain.figures.style import method_linestyles
+
+    ls = method_linestyles(["vanilla, lr=0.001", "vanilla, lr=0.003", "fomaml"])
+    assert ls["vanilla, lr=0.001"] != ls["vanilla, lr=0.003"] and ls["fomaml"] == "-"
 
 
 # --------------------------------------------------------------------------- hand-computed curves
@@ -337,3 +342,28 @@ def test_example_config_loads():
     assert exp.compare["tuning"] == ["train.lr"]
     methods = {(r.axes["method"], r.axes["train.lr"]) for r in exp.runs}
     assert len(exp.runs) == 6 and ("fomaml", "0.001") not in methods
+
+
+def test_tuning_ignores_runs_without_evals_and_breaks_ties_to_the_smaller_value():
+    from metapretrain.figures.load import RunData
+    from metapretrain.figures.pairing import design
+
+    def run(method, lr, seed, final):
+        ax = {"method": method, "train.lr": lr, "seed": str(seed)}
+        cfg = {"train": {"lr": float(lr)}, "model": {"preset": "micro"},
+               "meta": {"learner": "none" if method == "vanilla" else "fomaml"}}
+        ev = None if final is None else pd.DataFrame({"step": [0, 100], "tokens": [0, 1], "flops": [0, 1],
+                                                      "wall": [0.0, 1.0], "val_loss": [9.0, final]})
+        return RunData(f"{method}-{lr}-{seed}", ax, cfg, Path("."), evals=ev)
+
+    axes, cmp = ["method", "train.lr", "seed"], {"tuning": ["train.lr"]}
+    # lr 0.01 seed 2 has no evals: 0.01's mean is its seed 1 alone (4.0), below 0.003's (4.5)
+    runs = [run("vanilla", "0.003", 1, 4.5), run("vanilla", "0.003", 2, 4.5), run("vanilla", "0.01", 1, 4.0),
+            run("vanilla", "0.01", 2, None), run("fomaml", "0.003", 1, 3.0)]
+    d = design(runs, axes, ["seed"], compare=cmp)
+    assert d.tuned["micro"]["vanilla"]["text"] == "train.lr=0.01" and d.tuned["micro"]["vanilla"]["n"] == 1
+    assert d.baseline["fomaml-0.003-1"] == "vanilla-0.01-1"
+    # a tie: the smaller value by natural order (0.003 < 0.01, although '0.01' < '0.003' as text)
+    runs = [run("vanilla", "0.01", 1, 4.5), run("vanilla", "0.003", 1, 4.5), run("fomaml", "0.003", 1, 3.0)]
+    d = design(runs, axes, ["seed"], compare=cmp)
+    assert d.baseline["fomaml-0.003-1"] == "vanilla-0.003-1"

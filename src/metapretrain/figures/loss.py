@@ -40,6 +40,7 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
 
     panels = [p for p in d.panels() if any(d.panel[r.run_id] == p for r in runs)]
     colors = style.method_colors(d.methods())
+    dashes = style.method_linestyles(d.methods())
     fig, axes = style.subplots(len(panels), max_cols=4, w=3.0, h=2.4)
     for ax, panel in zip(axes, panels, strict=True):
         values = []
@@ -47,10 +48,11 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
             members = [r for r in runs if r.run_id in rids]
             c = colors[m]
             tr = [_series(r.train, "loss", coord, smooth=True) for r in members]
-            values += _draw(ax, [t for t in tr if t is not None], c, f"{m} (train)", lw=0.9, alpha=0.55)
+            values += _draw(ax, [t for t in tr if t is not None], c, f"{m} (train)", lw=0.9, alpha=0.55,
+                            ls=dashes[m])
             ev = [_series(r.evals, "val_loss", coord) for r in members]
             values += _draw(ax, [e for e in ev if e is not None], c, f"{m} (validation)", lw=1.5, marker="o",
-                            ms=2.5)
+                            ms=2.5, ls=dashes[m])
         finite = [v for v in values if math.isfinite(v)]
         if finite:  # the first updates' loss (~ln V) would squash the curves: clip at the 99th percentile
             lo, hi = min(finite), float(np.percentile(finite, 99))

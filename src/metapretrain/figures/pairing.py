@@ -160,7 +160,6 @@ class Design:
             parts.append("declared baselines: " + "; ".join(f"{m} vs {', '.join(v)}"
                                                             for m, v in self.declared.items()))
         if self.tuning_axes and self.tuned:
-            names = ", ".join(self.tuning_axes)
             by = {}
             for panel, labels in self.tuned.items():
                 for base, t in labels.items():
@@ -181,7 +180,7 @@ class Design:
                    f"{'/'.join(map(str, ns))} {unit}")
             if not any(t["from_evals"] for labels in self.tuned.values() for t in labels.values()):
                 how = f"the smallest value of {over} (no run has validation loss yet)"
-            parts.append(f"baseline: {'; '.join(chosen)}, {how} ({names})")
+            parts.append(f"baseline: {'; '.join(chosen)}, {how}")
         elif not self.declared:
             parts.append("baseline: the vanilla run with the same facet values")
         if self.replicate_axes:

@@ -70,6 +70,22 @@ def method_colors(methods: list[str]) -> dict[str, str]:
     return out
 
 
+VANILLA_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
+
+
+def method_linestyles(methods: list[str]) -> dict[str, object]:
+    """Solid for every method, but each further vanilla variant (an LR value, `vanilla_flops`) its own dash
+    pattern, so baselines in greys stay tellable apart in print."""
+    out, v = {}, 0
+    for m in methods:
+        if m.startswith("vanilla"):
+            out[m] = VANILLA_LINESTYLES[v % len(VANILLA_LINESTYLES)]
+            v += 1
+        else:
+            out[m] = "-"
+    return out
+
+
 def depth_colors(layers: list[int]) -> dict[int, tuple]:
     import matplotlib
 

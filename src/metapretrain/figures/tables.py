@@ -76,7 +76,9 @@ def _tuned_text(d, rid: str) -> str:
     if t is None:
         return ""
     how = (f"lowest mean final val loss over {t['n']}" if t["from_evals"] else "smallest value, no evals yet")
-    return f"{'chosen' if d.tuned_run(rid) else 'not chosen'}: {t['text']} ({how})"
+    if d.tuned_run(rid):
+        return f"chosen: {t['text']} ({how})"
+    return f"not chosen (tuned: {t['text']}, {how})"
 
 
 def grid_table(data, d):
