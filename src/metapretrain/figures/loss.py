@@ -40,6 +40,7 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
 
     panels = [p for p in d.panels() if any(d.panel[r.run_id] == p for r in runs)]
     colors = style.method_colors(d.methods())
+    dashes = style.method_linestyles(d.methods())
     fig, axes = style.subplots(len(panels), max_cols=4, w=3.0, h=2.4)
     for ax, panel in zip(axes, panels, strict=True):
         values = []
@@ -47,10 +48,11 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
             members = [r for r in runs if r.run_id in rids]
             c = colors[m]
             tr = [_series(r.train, "loss", coord, smooth=True) for r in members]
-            values += _draw(ax, [t for t in tr if t is not None], c, f"{m} (train)", lw=0.9, alpha=0.55)
+            values += _draw(ax, [t for t in tr if t is not None], c, f"{m} (train)", lw=0.9, alpha=0.55,
+                            ls=dashes[m])
             ev = [_series(r.evals, "val_loss", coord) for r in members]
             values += _draw(ax, [e for e in ev if e is not None], c, f"{m} (validation)", lw=1.5, marker="o",
-                            ms=2.5)
+                            ms=2.5, ls=dashes[m])
         finite = [v for v in values if math.isfinite(v)]
         if finite:  # the first updates' loss (~ln V) would squash the curves: clip at the 99th percentile
             lo, hi = min(finite), float(np.percentile(finite, 99))
@@ -63,7 +65,10 @@ def _loss_figure(runs, d: Design, out: Outputs, coord: str, inputs: list[str]) -
     ns = sorted({len(rids) for rids in d.cells(r.run_id for r in runs).values()})
     caption = (f"Pretraining loss vs {style.COORD_TITLES[coord]}: validation loss (markers, at each evaluation) and "
                "train loss (thin, moving average over ~2.5% of logged updates), vanilla vs meta-learning, "
-               f"one panel per {d.panel_title()}; " + _n_phrase(ns, d) + ".")
+               f"one panel per {d.panel_title()}; " + _n_phrase(ns, d)
+               + (f"; {style.NTP_TOKENS}" if coord == "tokens" and any(style.has_ntp_tokens(r.train)
+                                                                       for r in runs) else "")
+               + (f"; {d.baseline_text()}" if d.tuning_axes or d.declared else "") + ".")
     out.figure(fig, "loss", f"loss_vs_{coord}", caption, inputs)
 
 
@@ -144,21 +149,27 @@ def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: li
     order = {p: i for i, p in enumerate(d.panels())}
     for r in sorted(runs, key=lambda r: (order[d.panel[r.run_id]], d.methods().index(d.label[r.run_id]))):
         last = r.train.iloc[-1] if r.train is not None and len(r.train) else None
-        tr = r.train.dropna(subset=["loss"]) if r.train is not None and "loss" in r.train else None
+        # the mean next-token loss of the last logging interval (`loss_interval`), not one update's `loss`
         rows.append({
             "panel": d.panel[r.run_id], "method": d.label[r.run_id], "run_id": r.run_id,
-            "final_train_loss": final_train_loss(tr.to_dict("records")) if tr is not None else math.nan,
+            "final_train_loss": final_train_loss(r.train.to_dict("records")) if r.train is not None else math.nan,
             "final_val_loss": final_val_loss(r.evals),
             "steps": int(last["step"]) if last is not None else math.nan,
             "tokens": float(last["tokens"]) if last is not None else math.nan,
+            "tokens_ntp": float(last["tokens_ntp"]) if last is not None and "tokens_ntp" in last
+            and _num(last["tokens_ntp"]) else math.nan,
             "flops": float(last["flops"]) if last is not None else math.nan,
             "wall_h": float(last["wall"]) / 3600 if last is not None else math.nan,
             "meta_fraction": _meta_fraction(r.train),
             "source": r.rel(data.exp_dir, "pretrain", "metrics.jsonl"),
         })
     caption = ("Final pretraining state of every run: train loss (mean next-token loss over the last logging "
-               "interval), last validation loss, budget used (steps, tokens, FLOPs, wall time) and the fraction "
-               "of micro-batches that were meta steps.")
+               "interval), last validation loss, budget used (steps, tokens, of them next-token tokens "
+               "(tokens_ntp; tokens also counts meta steps' episode windows), FLOPs, wall time) and the fraction "
+               "of micro-batches that were meta steps (summed per-interval micro-batch counts n_meta / "
+               "(n_meta + n_next_token), not the fraction of records)."
+               + (f" {d.baseline_text()[:1].upper()}{d.baseline_text()[1:]}." if d.tuning_axes or d.declared
+                  else ""))
     table = pd.DataFrame(rows)
     out.table(table, "pretrain_final", caption, inputs,
               formats={"final_train_loss": "{:.4f}", "final_val_loss": "{:.4f}", "meta_fraction": "{:.2f}"})
@@ -166,7 +177,7 @@ def _final_table(data: ExperimentData, runs, d: Design, out: Outputs, inputs: li
 
 
 SUMMARISED = ("final_val_loss", "final_train_loss")
-MEANS = ("steps", "tokens", "flops", "wall_h", "meta_fraction")
+MEANS = ("steps", "tokens", "tokens_ntp", "flops", "wall_h", "meta_fraction")
 
 
 def final_summary(table, d: Design):
@@ -206,7 +217,18 @@ def _final_summary(table, d: Design, out: Outputs, inputs: list[str]) -> None:
               formats={"meta_fraction": "{:.2f}"})
 
 
+def _num(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
 def _meta_fraction(train) -> float:
+    """The fraction of a run's micro-batches that were meta steps.
+
+    Each train record carries `n_<slot>`: how many micro-batches each slot (`next_token`, `meta`) ran since
+    the record before (train/loop.py), so the sums over the records count every micro-batch once."""
     if train is None or "n_meta" not in train or "n_next_token" not in train:
         return math.nan
     meta, ntp = train["n_meta"].fillna(0).sum(), train["n_next_token"].fillna(0).sum()

@@ -40,7 +40,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
     if not data.runs:
         data.skip("every figure: no finished run (no pretrain/done.json) in " + str(exp_dir))
     else:
-        d = design(data.runs, data.axes, data.replicates)
+        d = design(data.runs, data.axes, data.replicates, compare=data.compare)
         log.info("method axes %s, facet axes %s, replicate axes %s; %d runs in %d panel(s)", d.method_axes,
                  d.facet_axes, d.replicate_axes, len(data.runs), len(d.panels()))
         for note in d.notes:

@@ -70,6 +70,22 @@ def method_colors(methods: list[str]) -> dict[str, str]:
     return out
 
 
+VANILLA_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
+
+
+def method_linestyles(methods: list[str]) -> dict[str, object]:
+    """Solid for every method, but each further vanilla variant (an LR value, `vanilla_flops`) its own dash
+    pattern, so baselines in greys stay tellable apart in print."""
+    out, v = {}, 0
+    for m in methods:
+        if m.startswith("vanilla"):
+            out[m] = VANILLA_LINESTYLES[v % len(VANILLA_LINESTYLES)]
+            v += 1
+        else:
+            out[m] = "-"
+    return out
+
+
 def depth_colors(layers: list[int]) -> dict[int, tuple]:
     import matplotlib
 
@@ -107,8 +123,32 @@ def subplots(n: int, *, max_cols: int = 4, w: float = 3.0, h: float = 2.4, share
     return fig, flat[:n]
 
 
+NTP_TOKENS = "tokens = next-token tokens"  # caption phrase when `tokens` is read from `tokens_ntp`
+
+
+def has_ntp_tokens(df) -> bool:
+    """Whether a metrics frame counts next-token tokens (`tokens_ntp`, finite on every record)."""
+    if df is None or "tokens_ntp" not in df or not len(df):
+        return False
+    import pandas as pd
+
+    return bool(pd.to_numeric(df["tokens_ntp"], errors="coerce").notna().all())
+
+
+def with_ntp_tokens(df):
+    """The frame with `tokens` = next-token tokens where every record has `tokens_ntp` (`tokens` also counts
+    the meta steps' episode windows); unchanged otherwise (older runs, a resume that lost the count)."""
+    if not has_ntp_tokens(df):
+        return df
+    df = df.copy()
+    df["tokens"] = df["tokens_ntp"].astype(float)
+    return df
+
+
 def coord_values(df, coord: str):
-    """A metrics column in plotting units (wall seconds -> hours)."""
+    """A metrics column in plotting units (wall seconds -> hours; tokens -> next-token tokens when counted)."""
+    if coord == "tokens" and has_ntp_tokens(df):
+        return df["tokens_ntp"].astype(float)
     return df[coord] / 3600.0 if coord == "wall" else df[coord]
 
 

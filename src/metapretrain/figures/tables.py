@@ -68,6 +68,19 @@ def _looks_numeric(s: str) -> bool:
 
 
 
+def _tuned_text(d, rid: str) -> str:
+    """For a vanilla run of a tuned grid: whether its tuning value is its panel's chosen one, and why."""
+    if not d.tuning_axes or rid in d.baseline:
+        return ""
+    t = d.tuned.get(d.panel[rid], {}).get(d._base_label.get(rid, ""))
+    if t is None:
+        return ""
+    how = (f"lowest mean final val loss over {t['n']}" if t["from_evals"] else "smallest value, no evals yet")
+    if d.tuned_run(rid):
+        return f"chosen: {t['text']} ({how})"
+    return f"not chosen (tuned: {t['text']}, {how})"
+
+
 def grid_table(data, d):
     """The resolved grid: one row per run with its axes, method, panel, baseline and which stages are done."""
     import pandas as pd
@@ -80,6 +93,8 @@ def grid_table(data, d):
         rows.append({"run_id": r.run_id, **{a: r.axes.get(a, "") for a in data.axes},
                      "learner": r.learner, "preset": r.preset, "method": d.label[r.run_id],
                      "panel": d.panel[r.run_id], "baseline_run": d.baseline.get(r.run_id) or "",
+                     "baselines": "; ".join(d.baselines.get(r.run_id) or []),
+                     "tuned_baseline": _tuned_text(d, r.run_id),
                      "pretrain_done": r.done, "finetune_done": len(ft),
                      "dynamics_done": paths.done_file(paths.dynamics_dir(r.run_dir)).exists(),
                      "source": r.rel(data.exp_dir, "config.resolved.yaml")})
