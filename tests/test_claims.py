@@ -280,3 +280,30 @@ def test_the_workflow_registers_claims_md_as_a_report_item():
     rule = (repo / "workflow" / "rules" / "figures.smk").read_text()
     assert 'report(f"{FIGURES_DIR}/claims.md", caption="../report/claims.rst"' in rule
     assert (repo / "workflow" / "report" / "claims.rst").read_text().strip()
+
+
+def test_without_same_seed_vanilla_runs_the_rows_say_unpaired(tmp_path):
+    exp = make_seeds_experiment(tmp_path, methods_seeds={"vanilla": (1,), "fomaml": (1, 2, 3)})
+    data, d = _data_design(exp)
+    rows = claims.claims_table(data, d)
+    speed = rows[(rows["claim_id"] == "speedup") & (rows["unit"] == "step")].iloc[0]
+    assert speed["n"] == 3 and "unpaired" in speed["baseline"] and "not same-replicate" in speed["note"]
+    (ner_row,) = rows[rows["claim_id"] == "ner"].to_dict("records")
+    assert ner_row["verdict"] == "inconclusive" and ner_row["test"] == "none"  # Welch needs two vanilla runs
+    assert "1 of 3 meta runs have a same-replicate vanilla run" in claims.pairing_text(data, d)
+
+
+def test_matched_readings_come_first_the_experiments_matched_unit_leading(seeds, monkeypatch):
+    from metapretrain.figures import ner
+
+    exp, _ = seeds
+    data, d = _data_design(exp)
+    rows = [{"panel": "micro", "method": "fomaml", "run_id": m, "baseline_run": v, "regime": "full",
+             "scope": "cross_lingual", "entity": "micro", "meta_f1": 0.6, "vanilla_f1": 0.5, "delta_f1": 0.1,
+             "n_pairs": 1, "reading": reading}
+            for reading in ("final", "matched-step", "matched-flops") for m, v in zip(META, VAN, strict=True)]
+    monkeypatch.setattr(ner, "delta_table", lambda data, d: pd.DataFrame(rows))
+    assert data.compare["match"] == ["flops"]
+    out = claims.ner_rows(data, d, 0.05)
+    assert [r["unit"] for r in out] == ["matched-flops", "matched-step", "final"]
+    assert all(r["verdict"] == "inconclusive" and "no spread" in r["note"] for r in out)  # equal ΔF1: no test

@@ -194,8 +194,11 @@ def speedup_rows(data: ExperimentData, d: Design, alpha: float) -> list[dict]:
                                  "baseline's final loss)")
                 if n_none:
                     notes.append(f"{n_none} pair(s) without a ratio left out (not reached and no finite {rev})")
+                first = int(g["at_first_eval"].astype(bool).sum()) if "at_first_eval" in g else 0
+                if first:
+                    notes.append(f"{first} pair(s) below the target at their first evaluation: r is a lower bound")
                 if not all(d.paired.get(r, True) for r in g["run_id"]):
-                    notes.append("pairs share vanilla runs: not independent")
+                    notes.append("not same-replicate: pairs may share a vanilla run and are then not independent")
                 base, base_ids = _baseline_text(d, g["run_id"], g["baseline_run"])
                 row = _row("speedup", panel=panel, method=method, baseline=base, baseline_runs=base_ids,
                            run_ids="; ".join(g["run_id"]), unit=unit, scope="validation loss",
@@ -234,7 +237,9 @@ def ner_rows(data: ExperimentData, d: Design, alpha: float) -> list[dict]:
         dt["reading"] = "final"
     dt["reading"] = dt["reading"].fillna("final").astype(str)
     dt["_base_label"] = [d.label.get(b, b) for b in dt["baseline_run"]]
-    readings = sorted(set(dt["reading"]), key=lambda r: (not r.startswith("matched"), r == "final", r))
+    match = [f"matched-{u}" for u in data.compare.get("match") or []]  # the experiment's own matched units first
+    readings = sorted(set(dt["reading"]), key=lambda r: (not r.startswith("matched"), r not in match,
+                                                         match.index(r) if r in match else 0, r == "final", r))
     regimes = sorted(set(dt["regime"]), key=lambda r: (r != "head", r))
     level = 1 - alpha
     rows = []
