@@ -1,6 +1,7 @@
 # Paper figures and tables from the runs' files only (metrics.jsonl, dynamics CSVs, ner/results.csv;
 # never wandb). `snakemake --report report.html` shows every PNG and table below with the captions in
-# workflow/report/ (the `reports` extra, i.e. pygments, must be installed).
+# workflow/report/ (the `reports` extra, i.e. pygments, must be installed); claims.md (figures/claims.py: does
+# the experiment support the paper's claims?) comes first.
 report: "../report/workflow.rst"
 
 
@@ -12,6 +13,8 @@ rule figures:
         ner=[NER_RESULTS] if done_targets("finetune") else [],
     output:
         index=f"{FIGURES_DIR}/index.json",
+        claims=report(f"{FIGURES_DIR}/claims.md", caption="../report/claims.rst", category="0. Claims"),
+        claims_json=f"{FIGURES_DIR}/claims.json",
         loss=figure_group("loss", "loss.rst", "1. Pretraining loss"),
         speedup=figure_group("speedup", "speedup.rst", "2. Speedup to equal loss"),
         ner=figure_group("ner", "ner.rst", "3. Universal NER"),

@@ -2,7 +2,7 @@
 
 Figures go to `figures/<group>/<name>.{png,pdf}`, tables to
 `figures/tables/<name>.{csv,md,tex,html}` (the HTML copy is what
-`snakemake --report` shows). Each file gets an index entry
+`snakemake --report` shows), the claims report to `figures/claims.{md,json}`. Each file gets an index entry
 `{file, kind, caption, inputs}`; `index.json` is written last by the stage.
 """
 
@@ -19,6 +19,7 @@ from metapretrain.io import atomic_path, atomic_write_text, write_json
 log = logging.getLogger("metapretrain.figures")
 
 GROUPS = ("loss", "speedup", "ner", "dynamics", "tables")
+REPORT_FILES = ("claims.md", "claims.json")  # top-level files in figures/ (metapretrain.figures.claims)
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -45,6 +46,8 @@ class Outputs:
             for p in d.iterdir():
                 if p.is_file():
                     p.unlink()
+        for name in REPORT_FILES:
+            (self.root / name).unlink(missing_ok=True)
 
     def _entry(self, path: Path, kind: str, caption: str, inputs: list[str]) -> None:
         self.entries.append({"file": str(path.relative_to(self.root)), "kind": kind, "caption": caption,
@@ -88,6 +91,16 @@ class Outputs:
             written.append(path)
         log.info("table tables/%s (%d rows)", name, len(df))
         return written
+
+    def report_file(self, name: str, text: str, caption: str, inputs: list[str], kind: str = "table") -> Path:
+        """A top-level report file `figures/<name>` (one of REPORT_FILES), written atomically and indexed."""
+        if name not in REPORT_FILES:
+            raise ValueError(f"{name!r} is not a report file this stage owns ({', '.join(REPORT_FILES)})")
+        path = self.root / name
+        atomic_write_text(path, text)
+        self._entry(path, kind, caption, inputs)
+        log.info("report %s", name)
+        return path
 
     def write_index(self) -> Path:
         path = self.root / "index.json"

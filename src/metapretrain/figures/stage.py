@@ -3,7 +3,8 @@
 Reads `grid.yaml`, each run's `config.resolved.yaml`, `pretrain/metrics.jsonl`,
 `dynamics/dynamics.csv` + `peaks.csv` and `ner/results.csv` (never wandb), and
 writes `figures/{loss,speedup,ner,dynamics}/*.{png,pdf}`,
-`figures/tables/*.{csv,md,tex,html}` and, last, `figures/index.json`.
+`figures/tables/*.{csv,md,tex,html}`, the claims report `figures/claims.{md,json}`
+(metapretrain.figures.claims) and, last, `figures/index.json`.
 Whatever input is missing is skipped with a logged reason.
 """
 
@@ -24,7 +25,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
 
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
-    from metapretrain.figures import dynamics, loss, ner, speedup, style
+    from metapretrain.figures import claims, dynamics, loss, ner, speedup, style
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
@@ -60,6 +61,19 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
                 log.exception("%s figures failed", name)
                 data.skip(f"{name}: failed with {type(exc).__name__}: {exc}")
             log.info("%s: %.1fs", name, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        try:  # last: every claim gets a row, saying why where it cannot be tested
+            claims.render(data, d, out)
+        except Exception as exc:  # the claims report must not cost the figures and tables above
+            if strict:
+                raise
+            log.exception("claims report failed")
+            data.skip(f"claims: failed with {type(exc).__name__}: {exc}")
+            try:  # the workflow declares claims.md as an output: say what happened in it
+                claims.render_failure(data, out, exc)
+            except Exception:  # e.g. the disk: leave it to the log
+                log.exception("claims: cannot write the failure note")
+        log.info("claims: %.1fs", time.perf_counter() - t0)
     out.write_index()
     n_fig = sum(e["kind"] == "figure" for e in out.entries)
     n_tab = sum(e["kind"] == "table" for e in out.entries)

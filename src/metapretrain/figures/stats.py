@@ -164,3 +164,20 @@ def fmt_p(p: float) -> str:
     if not math.isfinite(p):
         return "–"
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+ONE_SAMPLE_TEST = "one-sample t-test over pairs, two-sided"
+
+
+def one_sample(values, null: float = 0.0, level: float = LEVEL) -> Paired:
+    """Student-t test of mean(values) = `null` (e.g. per-pair differences against 0) with its interval.
+
+    Non-finite values are left out; `p` is NaN when n < 2 or every value is equal (no spread, no test)."""
+    from scipy import stats
+
+    xs = _finite(values)
+    s = summary(xs, level)
+    p = math.nan
+    if s.n >= 2 and max(xs) > min(xs):  # equal values: no test (rounding would fake a tiny spread)
+        p = float(stats.ttest_1samp(xs, null).pvalue)
+    return Paired(s.mean, s.lo, s.hi, s.n, p, paired=True)
