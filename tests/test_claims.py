@@ -189,8 +189,10 @@ def test_rise_and_fall_difference_in_fractions_and_descriptive_rows(seeds):
     data, d = _data_design(exp)
     rows = claims.dynamics_rows(data, d, 0.05)
     (tested,) = [r for r in rows if r["verdict"] != "descriptive" and r["unit"] == "effective rank (per)"]
-    ds = [0.0, 0.0, 1.0]  # fomaml rises and falls in every seed, vanilla in seeds 1 and 2
-    assert tested["estimate"] == pytest.approx(1 / 3)
+    # Each run has two curves, the second monotone: fomaml rises and falls in 1 of 2 in every seed, vanilla
+    # in seeds 1 and 2 only.
+    ds = [0.0, 0.0, 0.5]
+    assert tested["estimate"] == pytest.approx(1 / 6)
     assert tested["p"] == pytest.approx(scipy_stats.ttest_1samp(ds, 0.0).pvalue)
     assert tested["verdict"] == "inconclusive" and "vanilla baseline" in tested["statistic"]
     desc = {r["method"]: r for r in rows if r["verdict"] == "descriptive"}

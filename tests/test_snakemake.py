@@ -151,10 +151,12 @@ def test_compute_rules_declare_threads(tmp_path):
     """By default a local compute job takes every core, so `--cores 2` runs two pretrains one at a time."""
     out = plan(tmp_path, "--cores", "2")
     assert shell_threads(out, "pretrain") == [2, 2]
-    assert shell_threads(out, "finetune") == [2] * 4 and shell_threads(out, "dynamics") == [2, 2]
-    assert len(re.findall(r"^\s+threads: 2$", out, re.M)) == 8  # Snakemake reserves them: no two run at once
+    # 4 final-checkpoint fine-tunes, and vanilla's 2 read at FOMAML's final FLOPs (compare.match)
+    assert shell_threads(out, "finetune") == [2] * 6 and shell_threads(out, "dynamics") == [2, 2]
+    assert len(re.findall(r"--match-unit flops", out)) == 2
+    assert len(re.findall(r"^\s+threads: 2$", out, re.M)) == 10  # Snakemake reserves them: no two run at once
     out = plan(tmp_path, "--cores", "4", "--config", "set=launch.threads.pretrain=3 launch.threads.finetune=1")
-    assert shell_threads(out, "pretrain") == [3, 3] and shell_threads(out, "finetune") == [1] * 4
+    assert shell_threads(out, "pretrain") == [3, 3] and shell_threads(out, "finetune") == [1] * 6
     assert shell_threads(out, "dynamics") == [4, 4]
     # Under SLURM the rule only waits for its job (which computes with launch.slurm.cpus_per_task).
     out = plan(tmp_path, "--cores", "16", "--config", "set=launch.launcher=slurm")
