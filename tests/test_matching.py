@@ -182,3 +182,96 @@ def test_delta_table_reports_final_and_matched_readings_side_by_side():
     assert t["delta_f1"] == pytest.approx(mean)
     assert t["p"] == pytest.approx(st.ttest_1samp(diffs, 0.0).pvalue)
     assert t["delta_f1_hi"] - t["delta_f1_lo"] == pytest.approx(2 * st.t.ppf(0.975, 2) * sd / math.sqrt(3))
+
+
+# --------------------------------------------------------------------------- checkpoint sweeps (finetune.checkpoints)
+SWEEP = """
+experiment: t
+defaults:
+  model: {preset: micro}
+  train: {budget: {unit: steps, value: 400}, checkpoint: {every: 100, log_spaced: 3}}
+  finetune: {train_sets: [Danish-DDT], regimes: [head], checkpoints: CHECKPOINTS}
+grid:
+  seed: [1]
+"""
+
+
+def _sweep_exp(tmp_path, checkpoints, extra=""):
+    from metapretrain.grid import load_experiment
+
+    p = tmp_path / "e.yaml"
+    p.write_text(SWEEP.replace("CHECKPOINTS", checkpoints) + extra)
+    return load_experiment(p)
+
+
+@pytest.mark.parametrize("spec,steps", [
+    ("final", []),
+    ("all", [0, 1, 2, 4, 100, 200, 300]),        # every scheduled checkpoint but the final (step 400)
+    ("{every: 200}", [0, 200]),
+    ("[2, 300]", [2, 300]),
+])
+def test_sweep_steps_follow_finetune_checkpoints(tmp_path, spec, steps):
+    from metapretrain.matching import sweep_steps
+
+    e = _sweep_exp(tmp_path, spec)
+    (run,) = e.runs
+    assert sweep_steps(run.typed) == steps
+    keys = [s.key for s in stages.of_run(e.name, run) if s.kind == "finetune"]
+    assert keys == ["finetune/Danish-DDT~head"] + [f"finetune/Danish-DDT~head~step-{s}" for s in steps]
+    for key in keys:
+        assert stages.launched(key, "r").key == key
+
+
+def test_sweep_of_unscheduled_steps_or_deleted_checkpoints_is_a_config_error(tmp_path):
+    from metapretrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"finetune.checkpoints.*no checkpoint is scheduled at step\(s\) \[150\]"):
+        _sweep_exp(tmp_path, "[100, 150]")
+    text = SWEEP.replace("checkpoint: {every: 100, log_spaced: 3}", "checkpoint: {every: 100, log_spaced: 3, keep: last}")
+    (tmp_path / "k.yaml").write_text(text.replace("CHECKPOINTS", "all"))
+    from metapretrain.grid import load_experiment
+
+    with pytest.raises(ConfigError, match="keep is 'last'"):
+        load_experiment(tmp_path / "k.yaml")
+
+
+def test_checkpoint_reading_names_and_refusals():
+    from metapretrain.finetune.stage import checkpoint_reading
+
+    assert checkpoint_reading(None, None) is None
+    assert checkpoint_reading(None, None, 100) == "step-100"
+    with pytest.raises(ValueError, match="give one of them"):
+        checkpoint_reading("runs/m", "flops", 100)
+    with pytest.raises(ValueError, match="both --match-run and --match-unit"):
+        checkpoint_reading("runs/m", None)
+
+
+def test_sweep_table_aggregates_per_step_over_seeds():
+    import pandas as pd
+
+    from metapretrain.figures.checkpoint_sweep import sweep_table
+    from metapretrain.figures.load import ExperimentData, RunData
+    from metapretrain.figures.pairing import design
+
+    runs, rows = [], []
+    # F1 per (seed, step) for in-language (Danish) and cross-lingual (Other) eval sets.
+    f1 = {1: {0: (0.1, 0.0), 100: (0.3, 0.1), 200: (0.5, 0.2)}, 2: {0: (0.1, 0.0), 100: (0.5, 0.1), 200: (0.6, 0.3)}}
+    for seed, by_step in f1.items():
+        rid = f"seed~{seed}"
+        runs.append(RunData(rid, {"seed": str(seed)}, {"meta": {"learner": "none"}, "model": {"preset": "micro"}}, None))
+        for step, (own, other) in by_step.items():
+            reading = "final" if step == 200 else f"step-{step}"
+            for ev, kind, v in (("Danish-DDT", "in_language", own), ("Other-X", "cross_lingual", other)):
+                rows.append({"pretrain_run": rid, "train_set": "Danish-DDT", "regime": "head", "eval_set": ev,
+                             "eval_split": "test", "eval_kind": kind, "metric": "micro_f1", "value": v,
+                             "reading": reading, "matched_to": "", "checkpoint_step": step})
+    data = ExperimentData(exp_dir=None, name="t", axes=["seed"], runs=runs, ner=pd.DataFrame(rows))
+    t = sweep_table(data, design(runs, ["seed"], ["seed"]))
+    il = t[t["group"] == "in_language"].set_index("step")
+    assert list(il.index) == [0, 100, 200] and (il["n"] == 2).all()
+    assert il.loc[100, "micro_f1"] == pytest.approx(0.4) and il.loc[200, "micro_f1"] == pytest.approx(0.55)
+    from scipy import stats as st
+
+    half = st.t.ppf(0.975, 1) * pd.Series([0.3, 0.5]).std() / math.sqrt(2)
+    assert il.loc[100, "micro_f1_hi"] == pytest.approx(0.4 + half)
+    assert t[t["group"] == "all"].set_index("step").loc[200, "micro_f1"] == pytest.approx((0.35 + 0.45) / 2)

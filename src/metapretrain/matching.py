@@ -33,6 +33,48 @@ if TYPE_CHECKING:
     from metapretrain.grid import Experiment
 
 READING_PREFIX = "matched-"
+STEP_PREFIX = "step-"
+
+
+def step_reading(step: int) -> str:
+    """`step-<N>`: the reading of a fine-tune from the run's own checkpoint of step N (a checkpoint sweep)."""
+    return f"{STEP_PREFIX}{int(step)}"
+
+
+def reading_step(reading: str) -> int | None:
+    """N of `step-<N>`; None for any other reading."""
+    if reading.startswith(STEP_PREFIX) and reading[len(STEP_PREFIX):].isdigit():
+        return int(reading[len(STEP_PREFIX):])
+    return None
+
+
+def scheduled_steps(cfg) -> set[int]:
+    """The checkpoint steps a run (RunConfig) is planned to write, its planned final step included. Exact for a
+    steps budget; for a token or FLOP budget the final step is the expected one (`train.schedule`)."""
+    from metapretrain.cost import processes, update_cost
+    from metapretrain.train.loop import checkpoint_steps
+    from metapretrain.train.schedule import planned_updates
+
+    model_cfg = cfg.model.resolved(tokenizer_vocab=cfg.tokenizer.vocab_size)
+    updates = planned_updates(cfg.train, update_cost(cfg, model_cfg, processes(cfg)))
+    return checkpoint_steps(cfg.train, updates) | {updates}
+
+
+def sweep_steps(cfg) -> list[int]:
+    """The checkpoint steps `finetune.checkpoints` asks to fine-tune from, the planned final step left out (the
+    `final` reading covers it); [] for `final`."""
+    spec = cfg.finetune.checkpoints
+    if spec == "final" or not cfg.finetune.enabled:
+        return []
+    planned = scheduled_steps(cfg)
+    final = max(planned)
+    if spec == "all":
+        steps = planned
+    elif isinstance(spec, dict):
+        steps = {s for s in planned if s % int(spec["every"]) == 0}
+    else:
+        steps = set(spec)
+    return sorted(s for s in steps if s != final)
 
 
 def reading_name(unit: str, meta_run_id: str) -> str:

@@ -114,7 +114,16 @@ def of_run(experiment: str, run: Run) -> list[Stage]:
     out = [tokenize(experiment, run.tok_id), pretrain(rd)]
     ft = run.config["finetune"]
     if ft["enabled"]:
-        out += [finetune(rd, ts, regime) for ts in ft["train_sets"] for regime in ft["regimes"]]
+        sweep = []  # finetune.checkpoints: one more stage per earlier checkpoint
+        if ft.get("checkpoints", "final") != "final":
+            from metapretrain.config.types import RunConfig
+            from metapretrain.matching import step_reading, sweep_steps
+
+            sweep = [step_reading(s) for s in sweep_steps(RunConfig.from_dict(run.config))]
+        for ts in ft["train_sets"]:
+            for regime in ft["regimes"]:
+                out.append(finetune(rd, ts, regime))
+                out += [finetune(rd, ts, regime, reading) for reading in sweep]
     if run.config["dynamics"]["enabled"]:
         out.append(dynamics(rd))
     return out

@@ -48,6 +48,8 @@ DYNAMICS = stages.dynamics(RUN_PATTERN)
 # final FLOPs (or steps, next-token tokens), planned from the grid's configs before anything has trained.
 MATCHED = {(m.vanilla, m.train_set, m.regime, m.reading): m for m in matching.plan(EXP)}
 FINETUNE_MATCHED = stages.finetune(RUN_PATTERN, "{train_set}", "{regime}", "matched-{unit}-{tag}")
+# A checkpoint sweep (finetune.checkpoints): the run fine-tuned from its own checkpoint of step N.
+FINETUNE_STEP = stages.finetune(RUN_PATTERN, "{train_set}", "{regime}", "step-{ckpt_step}")
 RUN_CONFIG = str(paths.resolved_config(RUN_PATTERN))
 
 
@@ -72,6 +74,7 @@ wildcard_constraints:
     regime="head|full",
     train_set="[A-Za-z0-9_.-]+",
     unit="steps|tokens|flops",
+    ckpt_step="[0-9]+",
     tag="[0-9a-f]{8}",
 
 

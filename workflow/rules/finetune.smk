@@ -17,6 +17,26 @@ rule finetune:
         "--regime {wildcards.regime} --threads {threads} >> {log:q} 2>&1"
 
 
+# A checkpoint sweep (finetune.checkpoints): the run fine-tuned from its own checkpoint of an earlier step.
+rule finetune_step:
+    input:
+        pretrain=str(PRETRAIN.done),
+        data=lambda w: data_marker("train-set", w.train_set),
+    output:
+        str(FINETUNE_STEP.done),
+    log:
+        str(FINETUNE_STEP.log),
+    benchmark:
+        str(FINETUNE_STEP.benchmark)
+    threads: lambda w: stage_threads(w.run, "finetune")
+    params:
+        run_dir=lambda w: run_dir(w.run),
+    localrule: True
+    shell:
+        "metapretrain finetune --run-dir {params.run_dir:q} --train-set {wildcards.train_set} "
+        "--regime {wildcards.regime} --step {wildcards.ckpt_step} --threads {threads} >> {log:q} 2>&1"
+
+
 # A vanilla run fine-tuned from its checkpoint matched to a meta run's final compute (metapretrain.matching).
 # Both runs' pretraining must be done: the meta run's final count is the target.
 rule finetune_matched:

@@ -17,6 +17,10 @@ END = "<!-- END KEY REFERENCE -->"
 
 
 def _type(sub: dict) -> str:
+    if "oneOf" in sub or "anyOf" in sub:  # each alternative, an object by its keys (`{every}`)
+        alts = sub.get("oneOf") or sub.get("anyOf")
+        return " or ".join("{" + ", ".join(a["properties"]) + "}" if a.get("type") == "object" and "properties" in a
+                           else _type(a) for a in alts)
     if "enum" in sub:
         return " \\| ".join(f"`{v}`" for v in sub["enum"])
     t = sub.get("type", "")

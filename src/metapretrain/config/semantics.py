@@ -32,6 +32,19 @@ def check(cfg: dict, *, file: str | None = None, run_id: str | None = None, line
         fail("train.warmup_steps", f"warm-up ({typed.train.warmup_steps}) is longer than decay_steps ({typed.train.decay_steps})")
     if typed.tokenizer.kind == "pretrained" and not typed.tokenizer.path:
         fail("tokenizer.path", "tokenizer.kind is 'pretrained' but tokenizer.path is not set")
+    ft = typed.finetune
+    if ft.enabled and ft.checkpoints != "final":
+        if typed.train.checkpoint.keep != "all":
+            fail("finetune.checkpoints", f"finetune.checkpoints={ft.checkpoints!r} fine-tunes from earlier checkpoints, "
+                 "but train.checkpoint.keep is 'last', which deletes them: set train.checkpoint.keep: all")
+        if isinstance(ft.checkpoints, list) and typed.train.budget.unit == "steps":
+            from metapretrain.matching import scheduled_steps
+
+            planned = scheduled_steps(typed)
+            missing = sorted(set(ft.checkpoints) - planned)
+            if missing:
+                fail("finetune.checkpoints", f"no checkpoint is scheduled at step(s) {missing}: the run checkpoints "
+                     f"at steps {sorted(planned)} (train.checkpoint.every, log_spaced)")
     if typed.meta.enabled:
         ep = typed.meta.episode
         if ep.window > model.max_seq_len:

@@ -13,6 +13,8 @@ test-only treebank dropped there is evaluated with no config change.
 Evaluation subsets (`finetune.max_eval_sentences`) are drawn with a fixed seed,
 so every run is scored on the same sentences.
 
+With `--step N` it fine-tunes from the run's own checkpoint of step N into
+`RUN/finetune/<train_set>~<regime>~step-<N>/` (a checkpoint sweep, `finetune.checkpoints`).
 With `--match-run` and `--match-unit` it is a compute-matched reading (metapretrain.matching): the run
 is fine-tuned from its last checkpoint at or before the meta run's final steps / next-token tokens /
 FLOPs, into `RUN/finetune/<train_set>~<regime>~matched-<unit>-<tag>/`, whose `done.json` records the
@@ -107,16 +109,17 @@ class Classifier:
 
 
 def finetune_run(run_dir: str, train_set: str, regime: str, match_run: str | None = None,
-                 match_unit: str | None = None) -> str:
+                 match_unit: str | None = None, step: int | None = None) -> str:
     """Fine-tune and evaluate; returns the output directory. Returns at once when it is already done.
 
-    With `match_run` (a meta run's directory) and `match_unit`, a compute-matched reading (module docstring).
+    With `match_run` (a meta run's directory) and `match_unit`, a compute-matched reading; with `step`, the
+    run's own checkpoint of that step (a checkpoint sweep, `finetune.checkpoints`); module docstring.
     """
     from metapretrain.config import load_run_config
     from metapretrain.device import resolve_device
 
     run_dir_p = Path(run_dir)
-    reading = matched_reading(match_run, match_unit)
+    reading = checkpoint_reading(match_run, match_unit, step)
     out = paths.finetune_dir(run_dir_p, train_set, regime, reading)
     name = out.name
     if paths.done_file(out).is_file():
@@ -130,7 +133,11 @@ def finetune_run(run_dir: str, train_set: str, regime: str, match_run: str | Non
     cfg = load_run_config(paths.resolved_config(run_dir_p))
     run_id, axes = _run_identity(run_dir_p)
     checkpoint, match = None, None
-    if reading is not None:
+    if step is not None:
+        from metapretrain.checkpoint import at_step
+
+        checkpoint, match = at_step(run_dir_p, step), {"reading": reading}
+    elif reading is not None:
         from metapretrain.matching import matched_checkpoint
 
         checkpoint, match = matched_checkpoint(run_dir_p, Path(match_run), match_unit)
@@ -199,10 +206,19 @@ def read_data(cfg, train_set: str) -> FinetuneData:
     return FinetuneData(uner_dir, treebanks, sources, extra, train, dev, tests, report)
 
 
-def matched_reading(match_run: str | Path | None, match_unit: str | None) -> str | None:
-    """The reading name of a matched fine-tune (None for the final checkpoint); ValueError on half a match."""
+def checkpoint_reading(match_run: str | Path | None, match_unit: str | None, step: int | None = None) -> str | None:
+    """The reading name of a fine-tune from another checkpoint than the final one: matched to a meta run, or
+    of a sweep step (None for the final checkpoint); ValueError on half a match or on both."""
     if (match_run is None) != (match_unit is None):
         raise ValueError("a compute-matched fine-tune needs both --match-run and --match-unit")
+    if step is not None:
+        if match_run is not None:
+            raise ValueError("--step and --match-run each pick the checkpoint: give one of them")
+        if step < 0:
+            raise ValueError(f"--step must be a checkpoint step (>= 0), got {step}")
+        from metapretrain.matching import step_reading
+
+        return step_reading(step)
     if match_run is None:
         return None
     from metapretrain.checkpoint import MATCH_UNITS
@@ -345,13 +361,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="a meta run's directory: fine-tune from this run's checkpoint matched to its final compute")
     p.add_argument("--match-unit", default=None, choices=["steps", "tokens", "flops"],
                    help="what --match-run is matched on (tokens = next-token tokens)")
+    p.add_argument("--step", type=int, default=None,
+                   help="fine-tune from the run's checkpoint of this step (a checkpoint sweep) instead of its final one")
     add_threads_option(p, "finetune")
     args = p.parse_args(argv)
     from metapretrain.config import load_run_config
 
     run_dir = Path(args.run_dir)
     try:
-        reading = matched_reading(args.match_run, args.match_unit)
+        reading = checkpoint_reading(args.match_run, args.match_unit, args.step)
     except ValueError as exc:
         print(f"metapretrain finetune: error: {exc}", file=sys.stderr)
         return 2
@@ -368,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                      target="metapretrain.finetune.stage:finetune_run",
                      kwargs={"run_dir": str(run_dir.resolve()), "train_set": args.train_set, "regime": args.regime}
                      | ({"match_run": str(Path(args.match_run).resolve()), "match_unit": args.match_unit}
-                        if reading else {}),
+                        if args.match_run else {})
+                     | ({"step": args.step} if args.step is not None else {}),
                      threads=args.threads)
 
 

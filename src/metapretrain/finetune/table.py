@@ -27,7 +27,7 @@ KINDS = ("in_language", "cross_lingual", "test_only")
 
 
 # What each fine-tune's done.json says about the checkpoint it read, added to every row of ner/results.csv:
-# `reading` is `final` or `matched-<unit>` (metapretrain.matching), `matched_to` the meta run it matched.
+# `reading` is `final`, `matched-<unit>` or `step-<N>` (metapretrain.matching), `matched_to` the meta run matched.
 READING_COLUMNS = ["reading", "matched_to", "match_target", "checkpoint_step", "checkpoint_tokens_ntp",
                    "checkpoint_flops"]
 TABLE_COLUMNS = RESULT_COLUMNS + READING_COLUMNS
@@ -35,10 +35,10 @@ TABLE_COLUMNS = RESULT_COLUMNS + READING_COLUMNS
 
 def reading_of(done: dict) -> dict[str, str]:
     """The READING_COLUMNS of one fine-tune from its done.json (one written before readings existed: final)."""
-    from metapretrain.matching import reading_unit
+    from metapretrain.matching import reading_step, reading_unit
 
     reading = str(done.get("reading") or "final")
-    if reading != "final":
+    if reading != "final" and reading_step(reading) is None:  # `step-<N>` (a sweep) stays as it is
         reading = f"matched-{reading_unit(reading)}"
 
     def text(key):
