@@ -253,3 +253,21 @@ def test_budget_of_errors_name_the_key(tmp_path, directive, message):
     with pytest.raises(ConfigError, match=message) as err:
         exp(tmp_path, text)
     assert "grid.method.vanilla_flops.budget_of" in str(err.value) and "e.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("compare,key,message", [
+    ("{tuning: [train.lrr]}", "compare.tuning[0]", r"'train.lrr' is not an axis of the grid .*did you mean 'train.lr'"),
+    ("{tuning: [seed]}", "compare.tuning[0]", "'seed' is a replicate axis"),
+    ("{baselines: {reptile: [vanilla]}}", "compare.baselines.reptile", "no meta run has the method label 'reptile'"),
+    ("{baselines: {fomaml: [vanila]}}", "compare.baselines.fomaml", "no vanilla run has the method label 'vanila'"),
+])
+def test_compare_names_what_the_grid_has(tmp_path, compare, key, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        exp(tmp_path, BASE + f"\ncompare: {compare}\n")
+    assert key in str(err.value) and "e.yaml:" in str(err.value)
+
+
+def test_compare_accepts_tuning_axes_and_declared_labels(tmp_path):
+    e = exp(tmp_path, BASE + "\ncompare: {tuning: [train.lr], baselines: {fomaml: [vanilla]}}\n")
+    assert e.compare["tuning"] == ["train.lr"] and e.compare["baselines"] == {"fomaml": ["vanilla"]}
+    assert e.compare["match"] == ["flops"] and e.compare["alpha"] == 0.05

@@ -194,9 +194,45 @@ def load_experiment(path: str | Path | None = None, *, data: dict | None = None,
         seen[run.hash] = run.run_id
         ids[run.run_id] = run
         unique.append(run)
-    return Experiment(name=data["experiment"], description=data.get("description", ""), file=file,
-                      axes=list(axes), runs=unique, collapsed=collapsed, replicates=list(data["replicates"]),
-                      compare=compare_settings(data.get("compare") or {}))
+    exp = Experiment(name=data["experiment"], description=data.get("description", ""), file=file,
+                     axes=list(axes), runs=unique, collapsed=collapsed, replicates=list(data["replicates"]),
+                     compare=compare_settings(data.get("compare") or {}))
+    _check_compare(exp, file, lines)
+    return exp
+
+
+def _check_compare(exp: Experiment, file, lines) -> None:
+    """`compare:` names what the grid has: tuning axes that are axes (not replicate axes), declared baselines
+    whose labels are the figures' method labels. A typo would silently compare with an untuned baseline."""
+    cmp = exp.compare
+    for i, axis in enumerate(cmp["tuning"]):
+        where = {"file": file, "key": f"compare.tuning[{i}]", "line": lines(("compare", "tuning", i))}
+        if axis not in exp.axes:
+            raise ConfigError(f"'{axis}' is not an axis of the grid "
+                              f"({', '.join(exp.axes) or 'none'})" + suggest(axis, exp.axes), **where)
+        if axis in exp.replicates:
+            raise ConfigError(f"'{axis}' is a replicate axis; a tuning axis is one whose best value "
+                              "the baseline takes (e.g. train.lr)", **where)
+    if not cmp["baselines"]:
+        return
+    from metapretrain import paths
+    from metapretrain.figures.load import RunData
+    from metapretrain.figures.pairing import design
+
+    runs = [RunData(r.run_id, dict(r.axes), r.config, paths.run_dir(exp.name, r.run_id)) for r in exp.runs]
+    d = design(runs, exp.axes, exp.replicates, compare=cmp)
+    labels = {"meta": set(), "vanilla": set()}
+    for r in runs:
+        labels["vanilla" if r.is_vanilla else "meta"] |= {d.label[r.run_id], d._base_label.get(r.run_id, "")}
+    for meta, bases in cmp["baselines"].items():
+        where = {"file": file, "key": f"compare.baselines.{meta}", "line": lines(("compare", "baselines", meta))}
+        if meta not in labels["meta"]:
+            raise ConfigError(f"no meta run has the method label '{meta}' (meta labels: "
+                              f"{', '.join(sorted(labels['meta'] - {''})) or 'none'})", **where)
+        for base in bases:
+            if base not in labels["vanilla"]:
+                raise ConfigError(f"no vanilla run has the method label '{base}' (vanilla "
+                                  f"labels: {', '.join(sorted(labels['vanilla'] - {''})) or 'none'})", **where)
 
 
 def _parse_axes(grid: dict, zips: dict, file, lines, budget_refs: dict | None = None
