@@ -231,6 +231,7 @@ class FinetuneSection(_Section):
     max_eval_sentences: int | None
     seed: int | None  # None: the run's seed (see `seed_of`)
     device: str
+    log_every: int | None  # None: per epoch only (history.csv); N: curve.csv every N optimizer steps
 
     def seed_of(self, run_seed: int) -> int:
         """The fine-tuning seed: `finetune.seed`, or the run's pretraining seed when it is null."""
