@@ -19,6 +19,8 @@ rule figures:
         speedup=figure_group("speedup", "speedup.rst", "2. Speedup to equal loss"),
         ner=figure_group("ner", "ner.rst", "3. Universal NER"),
         dynamics=figure_group("dynamics", "dynamics.rst", "4. Learning dynamics"),
+        finetune_speed=figure_group("finetune_speed", "finetune_speed.rst", "4a. Fine-tuning speed"),
+        episodic=figure_group("episodic", "episodic.rst", "4b. Episodic curves"),
         tables=report(directory(f"{FIGURES_DIR}/tables"), patterns=["{table}.html"], caption="../report/tables.rst",
                       category="5. Tables", labels={"table": "{table}"}),
     log:

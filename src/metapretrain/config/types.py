@@ -232,6 +232,7 @@ class FinetuneSection(_Section):
     seed: int | None  # None: the run's seed (see `seed_of`)
     device: str
     checkpoints: str | list | dict  # final | all | [steps] | {every: N} (metapretrain.matching.sweep_steps)
+    log_every: int | None  # None: per epoch only (history.csv); N: curve.csv every N optimizer steps
 
     def seed_of(self, run_seed: int) -> int:
         """The fine-tuning seed: `finetune.seed`, or the run's pretraining seed when it is null."""

@@ -49,6 +49,7 @@ RESULT_COLUMNS = ["pretrain_run", "method_axes", "train_set", "regime", "eval_se
                   "metric", "value"]
 EVAL_SAMPLE_SEED = 0
 STATE_FILE = "train_state.pt"
+CURVE_COLUMNS = ("step", "epoch", "train_loss", "dev_micro_f1")  # curve.csv (finetune.log_every)
 
 
 def _sample(items: list, cap: int | None, seed: int) -> list:
@@ -266,7 +267,8 @@ def train_classifier(model: Classifier, data: FinetuneData, cfg, train_set: str,
     with Progress(f"finetune {train_set}~{regime}", total=ft.epochs * n_batches, unit="batches") as bar:
         result = fit(model.clf, train_src, dev_src, model.names, regime=regime, epochs=ft.epochs,
                      batch_size=ft.batch_size, lr=ft.lr, head_lr=ft.head_lr, weight_decay=ft.weight_decay,
-                     patience=ft.patience, seed=ft.seed_of(cfg.seed), state_path=out / STATE_FILE, progress=bar)
+                     patience=ft.patience, seed=ft.seed_of(cfg.seed), state_path=out / STATE_FILE, progress=bar,
+                     log_every=ft.log_every)
     return result, dev_src
 
 
@@ -293,19 +295,30 @@ def evaluate(model: Classifier, data: FinetuneData, dev_src, ft, train_set: str,
 
 def write_outputs(out: Path, run_id: str, data: FinetuneData, model: Classifier, result, rows: list[list], ft,
                   train_set: str, regime: str) -> None:
-    """results.csv, history.csv, then done.json; the resume state is removed once they are written."""
+    """results.csv, history.csv, with `finetune.log_every` curve.csv (CURVE_COLUMNS: the train loss averaged
+    over each interval of log_every optimizer steps, the dev micro-F1 at its end), then done.json; the resume
+    state is removed once they are written."""
     from metapretrain.io import atomic_write_text, write_done
 
     atomic_write_text(out / "results.csv", _csv(RESULT_COLUMNS, rows))
     hist_rows = [[h["epoch"], h["train_loss"], h.get("dev_micro_f1", ""), h.get("dev_loss", "")]
                  for h in result.history]
     atomic_write_text(out / "history.csv", _csv(["epoch", "train_loss", "dev_micro_f1", "dev_loss"], hist_rows))
-    write_done(out, "finetune", run_id, ["results.csv", "history.csv"],
+    outputs = ["results.csv", "history.csv"]
+    curve = result.curve
+    if curve:
+        curve_rows = [[c["step"], c["epoch"], c["train_loss"], c.get("dev_micro_f1", "")] for c in curve]
+        atomic_write_text(out / "curve.csv", _csv(list(CURVE_COLUMNS), curve_rows))
+        outputs.append("curve.csv")
+    else:  # a rerun without log_every must not leave an older curve behind
+        (out / "curve.csv").unlink(missing_ok=True)
+    write_done(out, "finetune", run_id, outputs,
                extra={"unofficial_train": {tb: str(p) for tb, p in data.extra.items() if tb in data.sources},
                       "train_set": train_set, "regime": regime, "checkpoint_step": model.checkpoint_step,
                       **(model.checkpoint or {}),
                       "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
-                      "head_type": ft.head_type, "data_dir": str(data.uner_dir), "data": data.report})
+                      "log_every": ft.log_every, "head_type": ft.head_type, "data_dir": str(data.uner_dir),
+                      "data": data.report})
     (out / STATE_FILE).unlink(missing_ok=True)  # only needed to resume an unfinished job
 
 

@@ -6,6 +6,12 @@ recomputing them, far cheaper); `full` trains every parameter. After each epoch
 the whole loop state is written atomically to `state_path`, so a killed or
 requeued job continues from its last finished epoch; the best dev state is
 restored at the end.
+
+With `log_every` = N (`finetune.log_every`), every N optimizer steps (counted over the whole fit,
+across epochs) a point of the fine-tuning curve is recorded: the train loss averaged over the
+batches of the interval and the dev micro-F1 at that step; a last, shorter interval is recorded
+when the fit ends. The curve (`FitResult.curve`; the stage writes it to `curve.csv`) resumes with
+the rest of the state.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class FitResult:
     best_epoch: int = 0
     best_dev_f1: float | None = None
     best_dev_loss: float | None = None
+    curve: list[dict] = field(default_factory=list)  # every log_every steps: step, epoch, train_loss, dev_micro_f1
 
 
 def _pad_features(feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -132,26 +139,42 @@ def _trainable_state(clf: TokenClassifier, regime: str) -> dict:
 
 def fit(clf: TokenClassifier, train: FeatureSource, dev: FeatureSource | None, id2label: Sequence[str], *,
         regime: str, epochs: int, batch_size: int, lr: float, head_lr: float | None, weight_decay: float,
-        patience: int | None, seed: int, state_path: str | Path | None = None, progress=None) -> FitResult:
-    """Train `clf` in place; returns the history. The best dev state (if any dev set) is loaded at the end."""
+        patience: int | None, seed: int, state_path: str | Path | None = None, progress=None,
+        log_every: int | None = None) -> FitResult:
+    """Train `clf` in place; returns the history (and with `log_every`, the curve: module docstring).
+    The best dev state (if any dev set) is loaded at the end."""
     from metapretrain.launch import preemption
 
     if regime not in ("head", "full"):
         raise ValueError(f"regime must be 'head' or 'full', got {regime!r}")
+    if log_every is not None and log_every < 1:
+        raise ValueError(f"log_every must be a positive number of optimizer steps or None, got {log_every!r}")
     clf.backbone.requires_grad_(regime == "full")
     opt = _optimizer(clf, regime, lr, head_lr, weight_decay)
     result = FitResult()
     best_state, bad, start = None, 0, 0
+    pending = [0.0, 0]  # train-loss sum and batch count since the last curve point
     state_path = Path(state_path) if state_path else None
     if state_path is not None and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         clf.load_state_dict(st["model"], strict=False)
         opt.load_state_dict(st["optimizer"])
         best_state, bad, start = st["best_state"], st["bad_epochs"], st["epoch"]
-        result = FitResult(st["history"], st["best_epoch"], st["best_dev_f1"], st.get("best_dev_loss"))
+        result = FitResult(st["history"], st["best_epoch"], st["best_dev_f1"], st.get("best_dev_loss"),
+                           list(st.get("curve", [])))
+        pending = list(st.get("curve_pending", pending))
     trainable = [i for i, x in enumerate(train.items) if x.starts]  # a sentence with no kept word teaches nothing
     n_batches = (len(trainable) + batch_size - 1) // batch_size
     stopped = start > 0 and patience is not None and bad >= patience
+
+    def curve_point(step: int, epoch: int) -> None:
+        row = {"step": step, "epoch": epoch, "train_loss": pending[0] / pending[1], "dev_micro_f1": ""}
+        if dev is not None and dev.items:
+            row["dev_micro_f1"] = dev_f1(clf, dev, id2label, batch_size)
+        result.curve.append(row)
+        pending[:] = [0.0, 0]
+
+    step = start * n_batches
     for epoch in range(start, 0 if stopped else epochs):
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # per-epoch order: identical after a resume
         total, count = 0.0, 0
@@ -164,6 +187,11 @@ def fit(clf: TokenClassifier, train: FeatureSource, dev: FeatureSource | None, i
             loss.backward()
             opt.step()
             total, count = total + loss.item(), count + 1
+            step = epoch * n_batches + k + 1
+            if log_every is not None:
+                pending[0], pending[1] = pending[0] + loss.item(), pending[1] + 1
+                if step % log_every == 0:
+                    curve_point(step, epoch + 1)
             if progress is not None:
                 progress.update(epoch * n_batches + k + 1, epoch=epoch + 1, loss=f"{total / count:.4f}")
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
@@ -181,20 +209,22 @@ def fit(clf: TokenClassifier, train: FeatureSource, dev: FeatureSource | None, i
             result.best_epoch = epoch + 1
         result.history.append(row)
         if state_path is not None:
-            _save_state(state_path, clf, regime, opt, epoch + 1, best_state, bad, result)
+            _save_state(state_path, clf, regime, opt, epoch + 1, best_state, bad, result, pending)
         if patience is not None and bad >= patience:
             break
+    if log_every is not None and pending[1]:  # the last, shorter interval (the model before the best is restored)
+        curve_point(step, len(result.history))
     if best_state is not None:
         clf.load_state_dict(best_state, strict=False)
     return result
 
 
-def _save_state(path: Path, clf, regime, opt, epoch, best_state, bad, result: FitResult) -> None:
+def _save_state(path: Path, clf, regime, opt, epoch, best_state, bad, result: FitResult, pending=(0.0, 0)) -> None:
     from metapretrain.io import atomic_path
 
     state = {"model": _trainable_state(clf, regime), "optimizer": copy.deepcopy(opt.state_dict()), "epoch": epoch,
              "best_state": best_state, "bad_epochs": bad, "history": result.history,
              "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
-             "best_dev_loss": result.best_dev_loss}
+             "best_dev_loss": result.best_dev_loss, "curve": result.curve, "curve_pending": list(pending)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

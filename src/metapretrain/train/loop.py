@@ -332,6 +332,20 @@ class Trainer:
             self._nonfinite(fields, base_losses + other_losses)
         return fields
 
+    def _head_weight_stats(self) -> dict:
+        """`<slot>/head_weight_{mean,std}` of each step kind's `episode_head`: over its weight matrices
+        (biases left out), after the update; read-only, so it changes no run."""
+        out = {}
+        for name, kind in self.mix.kinds.items():
+            head = kind.modules().get("episode_head")
+            weights = ([] if head is None else
+                       [p.detach().float().reshape(-1) for p in head.parameters() if p.dim() >= 2])
+            if weights:
+                w = torch.cat(weights)
+                out[f"{name}/head_weight_mean"] = float(w.mean())
+                out[f"{name}/head_weight_std"] = float(w.std()) if w.numel() > 1 else 0.0
+        return out
+
     def _nonfinite(self, fields: dict, losses: list[float]) -> None:
         action = self.cfg.train.on_nonfinite
         self.record("nonfinite", action=action, losses=[x if math.isfinite(x) else str(x) for x in losses],
@@ -383,6 +397,7 @@ class Trainer:
                     self._losses = {"sum": 0.0, "count": 0}
                     fields.update({f"n_{n}": c for n, c in self._mix_counts.items()})
                     self._mix_counts = dict.fromkeys(self.mix.names, 0)
+                    fields.update(self._head_weight_stats())
                     self.record("train", **fields)
                 if step % t.eval_every == 0 or done:
                     last_eval = self.evaluate()
