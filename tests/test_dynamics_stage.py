@@ -104,7 +104,9 @@ def test_stage_writes_tables_and_done_last(tmp_path):
     assert [int(r["step"]) for r in rows][0] == 20
     peaks = _read(out / "peaks.csv")
     assert peaks and set(peaks[0]) == {"run_id", "layer", "component", "metric", "peak_step", "peak_value", "rise",
-                                       "fall", "is_rise_and_fall"}
+                                       "fall", "is_rise_and_fall", "shape", "trough_step", "trough_value",
+                                       "trough_fall", "trough_rise", "is_fall_and_rise"}
+    assert {p["shape"] for p in peaks} <= {"rise_fall", "fall_rise", "monotone_up", "monotone_down", "flat"}
     assert {p["metric"] for p in peaks} >= {"effective_rank", "per", "head_entropy", "cka_final", "query_acc"}
     assert not any(p["metric"] == "head_entropy" and p["layer"] == "" for p in peaks)
 

@@ -146,7 +146,7 @@ def test_ner_cells_and_paired_delta_test(three):
 
 def test_dynamics_peak_step_and_rise_and_fall_fraction(three):
     exp, _ = three
-    summ = table(exp, "dynamics_peaks_summary")
+    summ = table(exp, "dynamics_peaks")  # the per-cell summary (was dynamics_peaks_summary; issue 23)
     t = summ[summ["layer"] == 0].set_index("method").loc["vanilla"]
     # The peak step over the runs with a rise-and-fall (seeds 1, 2: 100 and 120), t with 1 df.
     assert t["n_runs"] == 3 and t["n_peaks"] == 2 and t["peak_step"] == pytest.approx(110)

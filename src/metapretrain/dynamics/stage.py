@@ -98,6 +98,7 @@ def dynamics_run(run_dir: str, data_dir: str) -> dict:
 def read_inputs(run_dir: Path, data_dir: str, cfg) -> DynamicsInputs:
     """The metrics, the run's checkpoints and its final one, the probe batch; FileNotFoundError without checkpoints."""
     from metapretrain.checkpoint import final_checkpoint, list_checkpoints
+    from metapretrain.dynamics.phases import RULE as PHASE_RULE
     from metapretrain.dynamics.probe_pass import probe_batch
     from metapretrain.dynamics.registry import get_metrics
     from metapretrain.run_record import run_identity
@@ -114,7 +115,8 @@ def read_inputs(run_dir: Path, data_dir: str, cfg) -> DynamicsInputs:
     batch = probe_batch(data_dir, dyn.probe_batch_size, seq_len, cfg.seed)
     identity = {"run_id": run_id, "metrics": [m.name for m in metrics], "probe_sha256": _tensor_digest(batch),
                 "reference_step": final.step}
-    settings = identity | {"smoothing": dyn.smoothing, "min_prominence": dyn.min_prominence}
+    # The phase rule too: a peaks.csv written by an older rule is rewritten (from dynamics.csv, no recompute).
+    settings = identity | {"smoothing": dyn.smoothing, "min_prominence": dyn.min_prominence, "phases": PHASE_RULE}
     return DynamicsInputs(run_id, paths.dynamics_dir(run_dir), metrics, needs, ckpts, final, batch, identity,
                           settings)
 

@@ -291,7 +291,13 @@ def _rise_fall(v) -> bool:
     return str(v).lower() in ("true", "1", "1.0", "yes")
 
 
+OPPOSITE = "fall-then-rise (opposite of the paper's shape)"  # unit suffix of the fall-and-rise rows
+RF_WORDS, FR_WORDS = ("rise then fall", "rises then falls"), ("fall then rise", "falls then rises")
+
+
 def dynamics_rows(data: ExperimentData, d: Design, alpha: float) -> list[dict]:
+    """Rise-and-fall rows (the claim), and beside them the same statistics for the opposite shape,
+    fall-then-rise (`is_fall_and_rise`): marked descriptive, so they never count as a verdict on the claim."""
     if data.peaks is None:
         why = ("no dynamics/peaks.csv (dynamics disabled or not run)" if data.dynamics is None
                else "no dynamics/peaks.csv next to dynamics.csv (rerun the dynamics stage)")
@@ -301,6 +307,8 @@ def dynamics_rows(data: ExperimentData, d: Design, alpha: float) -> list[dict]:
     p["_family"] = [_family(m) for m in p["metric"]]
     p["_layer"] = ["" if not _finite(x) else str(int(float(x))) for x in p["layer"]]
     p["_rf"] = [_rise_fall(v) for v in p.get("is_rise_and_fall", [False] * len(p))]
+    has_fr = "is_fall_and_rise" in p.columns
+    p["_fr"] = [_rise_fall(v) for v in p["is_fall_and_rise"]] if has_fr else False
     level = 1 - alpha
     rows = []
     for family, _ in _FAMILIES:
@@ -313,40 +321,60 @@ def dynamics_rows(data: ExperimentData, d: Design, alpha: float) -> list[dict]:
             m = fam[fam["metric"] == metric]
             if (m["_layer"] != "").any():
                 m = m[m["_layer"] != ""]
-            frac = m.groupby("run_id")["_rf"].mean().to_dict()
-            anyrf = m.groupby("run_id")["_rf"].any().to_dict()
-            curves = m.groupby("run_id").size().to_dict()
-            pairs = [(r, b) for r, b in d.baseline.items() if b is not None and r in frac and b in frac]
             unit = f"{family} ({metric})"
-            if not pairs:
-                rows.append(_untestable("rise_and_fall", f"no meta run with a vanilla baseline has {metric} peaks",
-                                        unit=unit))
-            for (panel, method), rids in d.cells([r for r, _ in pairs]).items():
-                g = [(r, d.baseline[r]) for r in rids]
-                deltas = [frac[r] - frac[b] for r, b in g]
-                t = stats.one_sample(deltas, 0.0, level)
-                base, base_ids = _baseline_text(d, rids, [b for _, b in g])
-                n_curves = sorted({curves[r] for r, _ in g})
-                notes = [f"meta {sum(frac[r] for r, _ in g) / len(g):.0%} vs vanilla "
-                         f"{sum(frac[b] for _, b in g) / len(g):.0%} of curves rise and fall "
-                         f"({'/'.join(map(str, n_curves))} curves per run)"]
-                row = _row("rise_and_fall", panel=panel, method=method, baseline=base, baseline_runs=base_ids,
-                           run_ids="; ".join(rids), unit=unit, scope="per (layer, component) curve",
-                           statistic=(f"mean over pairs of (fraction of the meta run's {metric} curves that rise "
-                                      "then fall) − (the same fraction for its vanilla baseline); peaks.csv "
-                                      "is_rise_and_fall"),
-                           estimate_kind="delta_fraction", test_name="paired t-test over pairs (Δ fraction vs 0), "
-                                                                     "two-sided")
-                rows.append(_tested(row, t, 0.0, 1, alpha, notes))
-            for (panel, method), rids in d.cells(list(frac)).items():
-                k = sum(bool(anyrf[r]) for r in rids)
-                mean_frac = sum(frac[r] for r in rids) / len(rids)
-                rows.append(_row("rise_and_fall", panel=panel, method=method, baseline="–", run_ids="; ".join(rids),
-                                 unit=unit, scope="per run", estimate=k / len(rids), n=len(rids),
-                                 statistic=f"fraction of runs (seeds) in which at least one {metric} curve rises "
-                                           "then falls",
-                                 verdict=DESCRIPTIVE, estimate_kind="fraction",
-                                 note=f"{k} of {len(rids)} runs; mean {mean_frac:.0%} of curves per run"))
+            rows += _shape_rows(d, m, "_rf", unit, metric, RF_WORDS, "is_rise_and_fall", level, alpha, opposite=False)
+            if has_fr:
+                rows += _shape_rows(d, m, "_fr", f"{unit} · {OPPOSITE}", metric, FR_WORDS, "is_fall_and_rise", level,
+                                    alpha, opposite=True)
+            else:
+                why = ("peaks.csv has no is_fall_and_rise column (written before troughs were detected; rerun the "
+                       "dynamics stage)")
+                rows.append(_untestable("rise_and_fall", why, unit=f"{unit} · {OPPOSITE}"))
+    return rows
+
+
+def _shape_rows(d: Design, m, col: str, unit: str, metric: str, what: tuple[str, str], flag: str, level: float,
+                alpha: float, opposite: bool) -> list[dict]:
+    """The paired Δ-fraction test and the per-method descriptive rows for one shape (`col`: per-curve flag;
+    `what`: the shape as 'curves that …' and 'a curve …')."""
+    rows = []
+    frac = m.groupby("run_id")[col].mean().to_dict()
+    anyrf = m.groupby("run_id")[col].any().to_dict()
+    curves = m.groupby("run_id").size().to_dict()
+    pairs = [(r, b) for r, b in d.baseline.items() if b is not None and r in frac and b in frac]
+    if not pairs:
+        rows.append(_untestable("rise_and_fall", f"no meta run with a vanilla baseline has {metric} peaks",
+                                unit=unit))
+    for (panel, method), rids in d.cells([r for r, _ in pairs]).items():
+        g = [(r, d.baseline[r]) for r in rids]
+        deltas = [frac[r] - frac[b] for r, b in g]
+        t = stats.one_sample(deltas, 0.0, level)
+        base, base_ids = _baseline_text(d, rids, [b for _, b in g])
+        n_curves = sorted({curves[r] for r, _ in g})
+        notes = [f"meta {sum(frac[r] for r, _ in g) / len(g):.0%} vs vanilla "
+                 f"{sum(frac[b] for _, b in g) / len(g):.0%} of curves {what[0]} "
+                 f"({'/'.join(map(str, n_curves))} curves per run)"]
+        row = _row("rise_and_fall", panel=panel, method=method, baseline=base, baseline_runs=base_ids,
+                   run_ids="; ".join(rids), unit=unit, scope="per (layer, component) curve",
+                   statistic=(f"mean over pairs of (fraction of the meta run's {metric} curves that {what[0]}) "
+                              f"− (the same fraction for its vanilla baseline); peaks.csv {flag}"),
+                   estimate_kind="delta_fraction", test_name="paired t-test over pairs (Δ fraction vs 0), "
+                                                             "two-sided")
+        row = _tested(row, t, 0.0, 1, alpha, notes)
+        if opposite:  # the same numbers, no verdict: this shape is not the paper's claim
+            row["note"] = "; ".join([f"opposite of the paper's shape, no verdict on the claim: meta − vanilla "
+                                     f"{fmt_estimate('delta_fraction', row['estimate'])}, p = {stats.fmt_p(row['p'])}",
+                                     *notes])
+            row["verdict"] = DESCRIPTIVE
+        rows.append(row)
+    for (panel, method), rids in d.cells(list(frac)).items():
+        k = sum(bool(anyrf[r]) for r in rids)
+        mean_frac = sum(frac[r] for r in rids) / len(rids)
+        rows.append(_row("rise_and_fall", panel=panel, method=method, baseline="–", run_ids="; ".join(rids),
+                         unit=unit, scope="per run", estimate=k / len(rids), n=len(rids),
+                         statistic=f"fraction of runs (seeds) in which at least one {metric} curve {what[1]}",
+                         verdict=DESCRIPTIVE, estimate_kind="fraction",
+                         note=f"{k} of {len(rids)} runs; mean {mean_frac:.0%} of curves per run"))
     return rows
 
 

@@ -1,17 +1,24 @@
 """Learning dynamics from `dynamics/dynamics.csv` and `dynamics/peaks.csv`.
 
-Metric names are whatever the dynamics stage wrote. Known families get
-special plots: proportional effective rank (`per`, `per_*`,
-`proportional_effective_rank*`) and attention-head entropy (`head_entropy`,
-`head_entropy_norm`) as per-layer curves (colour = depth, vanilla vs meta,
-peaks from peaks.csv marked) and layer × step heatmaps; episodic accuracy
-against PER. Every metric, known or not, appears in an overview figure
-(mean over layers, components and heads per checkpoint).
+Metric names are whatever the dynamics stage wrote. Two families get
+per-layer plots: effective rank (the proportional effective rank `per` where
+there is one, else another PER or `effective_rank`; the activation
+components, i.e. representations) and attention-head entropy (`head_entropy`,
+else `head_entropy_norm`). Per panel: per-layer curves (colour = depth,
+vanilla vs meta columns, interior peaks and troughs from peaks.csv marked)
+and a layer × step heatmap of each family, and one overview of every metric
+(mean over layers, components and heads per checkpoint); once per
+experiment, episodic accuracy against PER. The other components and metrics
+are in the overview and in the peaks tables. Steps are drawn on a log scale
+of step + 1: checkpoints are log-spaced early and step 0 is the init.
 
-Over replicates (seeds, `pairing`), `dynamics_peaks_summary` gives per cell,
-metric, component and layer the mean peak step with its 95% Student-t
-interval over the runs that have the peak, and the fraction of the cell's
-runs in which that layer shows a rise-and-fall.
+Tables: `dynamics_peaks` (csv/md/tex/html) has one row per cell (panel ×
+method, replicates pooled by `Design.cells`), metric and layer, for one
+component per metric (`summary_component`): the fraction of the cell's runs
+whose curve has each shape (phases.SHAPES) and the mean step of the phase
+boundary (the peak over the rise-and-fall runs, the trough over the
+fall-and-rise runs) with its 95% Student-t interval over those runs.
+`dynamics_peaks_curves.csv` (CSV only) is every curve's row of peaks.csv.
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ from metapretrain.figures.outputs import Outputs, safe_name
 from metapretrain.figures.pairing import Design
 
 MAX_ROWS = 8  # components (rows) per figure; a group with more is split into parts
+STEP_LABEL = "optimizer steps + 1 (log scale)"  # x of every dynamics figure: log10(step + 1)
+# The one component per metric in the dynamics_peaks summary, first present wins; else the first in data-flow order.
+SUMMARY_COMPONENTS = ("resid.act", "attn", "episode", "")
+FIGURE_SOURCE = "act"  # the component group (SOURCES) of the effective-rank figures: representations
+SHAPE_TITLES = {"rise_fall": "rise→fall", "fall_rise": "fall→rise", "monotone_up": "monotone ↑",
+                "monotone_down": "monotone ↓", "flat": "flat"}
+# dynamics_peaks column of each shape's fraction (rise_and_fall_fraction: the name older readers use)
+FRACTION_COLUMNS = {"rise_fall": "rise_and_fall_fraction", "fall_rise": "fall_and_rise_fraction",
+                    "monotone_up": "monotone_up_fraction", "monotone_down": "monotone_down_fraction",
+                    "flat": "flat_fraction"}
 
 _PER_PREFIXES = ("per", "proportional_effective_rank", "effective_rank_proportional")
 _ENTROPY = ("head_entropy", "head_entropy_norm", "attention_entropy", "attention_entropy_norm")
@@ -89,6 +106,30 @@ def _columns(d: Design, rids: list[str]) -> list[tuple[str, list[str]]]:
             for (_, m), members in d.cells(rids).items()]
 
 
+def figure_metrics(metrics: list[str]) -> list[str]:
+    """The per-layer figure metrics: one effective-rank metric (per, another PER, effective_rank) and one
+    head-entropy metric (head_entropy, else another of _ENTROPY), those present."""
+    out = []
+    rank = ["per"] if "per" in metrics else [m for m in metrics if is_per(m)] or (
+        ["effective_rank"] if "effective_rank" in metrics else [])
+    out += rank[:1]
+    out += [m for m in _ENTROPY if m in metrics][:1]
+    return out
+
+
+def step_axis(ax, label: bool = True) -> None:
+    """Log x axis for values plotted at step + 1 (`_x`)."""
+    ax.set_xscale("log")
+    if label:
+        ax.set_xlabel(STEP_LABEL)
+
+
+def _x(steps):
+    import numpy as np
+
+    return np.asarray(steps, dtype=float) + 1.0
+
+
 def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     if data.dynamics is None:
         return
@@ -97,7 +138,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     log_peaks = data.peaks is not None
     if not log_peaks:
         data.skip("dynamics: no dynamics/peaks.csv: per-layer curves drawn without peak markers")
-    special = [m for m in metrics if is_per(m)] + [m for m in _ENTROPY if m in metrics]
+    special = figure_metrics(metrics)
     if not special:
         data.skip(f"dynamics: no PER or head-entropy metric among {metrics}: only the overview is drawn")
     for panel in d.panels():
@@ -118,19 +159,30 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         _peaks_table(data, d, out)
 
 
+def _flag(v) -> bool:
+    return str(v).lower() in ("true", "1", "1.0", "yes")
+
+
 def _peaks_for(data: ExperimentData, run_id: str, metric: str, component: str):
+    """[(layer, step, value, kind)] of one run's detected phase boundaries: kind 'peak' (a rise-and-fall)
+    or 'trough' (a fall-and-rise). Monotone and flat curves have none (their extremes sit at the ends)."""
     if data.peaks is None:
         return []
     p = data.peaks[(data.peaks["run_id"] == run_id) & (data.peaks["metric"].astype(str) == metric)]
     p = p[[_key(c) == component for c in p["component"]]] if len(p) else p
     out = []
     for rec in p.to_dict("records"):
-        if _key(rec.get("layer")) == "" or not math.isfinite(float(rec.get("peak_step", math.nan))):
+        if _key(rec.get("layer")) == "":
             continue
-        rise_fall = str(rec.get("is_rise_and_fall", "")).lower() in ("true", "1", "1.0", "yes")
-        out.append((int(float(rec["layer"])), float(rec["peak_step"]), float(rec.get("peak_value", math.nan)),
-                    rise_fall))
+        layer = int(float(rec["layer"]))
+        for kind, flag, step, value in (("peak", "is_rise_and_fall", "peak_step", "peak_value"),
+                                        ("trough", "is_fall_and_rise", "trough_step", "trough_value")):
+            if _flag(rec.get(flag, "")) and math.isfinite(float(rec.get(step, math.nan))):
+                out.append((layer, float(rec[step]), float(rec.get(value, math.nan)), kind))
     return out
+
+
+MARKERS = {"peak": "v", "trough": "^"}
 
 
 def _components(data, rids, metric) -> list[str]:
@@ -174,6 +226,15 @@ def _short_comp(comp: str) -> str:
     return comp[: -len(src) - 1] if src in SOURCES else comp
 
 
+def figure_groups(comps: list[str]) -> list[tuple[str, list[str]]]:
+    """The component groups drawn per layer: the activation group (and its parts) when there is one, else
+    every group (e.g. head entropy's one component `attn`)."""
+    groups = component_groups(comps)
+    src = SOURCES[FIGURE_SOURCE]
+    chosen = [(g, c) for g, c in groups if g == src or g.startswith(src + "-part")]
+    return chosen or groups
+
+
 def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], metric: str, inputs) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -187,7 +248,7 @@ def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], met
     curves = [cell_curves(data.dynamics, members, metric) for _, members in columns]
     layers = sorted({int(x) for c in curves for part in c.values() for x in part["layer"]})
     colors = style.depth_colors(layers)
-    for group, chunk in component_groups(comps):
+    for group, chunk in figure_groups(comps):
         fig, axes = plt.subplots(len(chunk), len(columns), squeeze=False, sharex=True, sharey="row",
                                  figsize=(3.0 * len(columns) + 0.6, 1.9 * len(chunk) + 0.4))
         for i, comp in enumerate(chunk):
@@ -196,28 +257,28 @@ def _layer_lines(data, d: Design, out: Outputs, panel: str, rids: list[str], met
                 part = curves[j].get(comp)
                 if part is not None:
                     for layer, g in part.groupby("layer"):
-                        ax.plot(g["step"], g["value"], color=colors[int(layer)], lw=1.0)
-                    for layer, step, value, rf in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
+                        ax.plot(_x(g["step"]), g["value"], color=colors[int(layer)], lw=1.0)
+                    for layer, step, value, kind in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
                         if layer in colors:
-                            ax.plot([step], [value], marker="v", ms=5, mec="black", mew=0.6,
-                                    mfc=colors[layer] if rf else "none", zorder=5)
+                            ax.plot([step + 1], [value], marker=MARKERS[kind], ms=5, mec="black", mew=0.6,
+                                    mfc=colors[layer], zorder=5)
+                step_axis(ax, label=i == len(chunk) - 1)
                 ax.set_title(title + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("PER" if is_per(metric) else metric_title(metric))
-                if i == len(chunk) - 1:
-                    ax.set_xlabel(style.AXIS_LABELS["step"])
         fig.tight_layout(rect=(0, 0, 0.93, 0.97))
         style.depth_colorbar(fig, [a for row in axes for a in row], colors)
-        marks = [Line2D([], [], marker="v", ls="", mec="black", mfc="grey", label="peak, rise-and-fall"),
-                 Line2D([], [], marker="v", ls="", mec="black", mfc="none", label="peak (monotone / no fall)")]
+        marks = [Line2D([], [], marker="v", ls="", mec="black", mfc="grey", label="peak of a rise-and-fall"),
+                 Line2D([], [], marker="^", ls="", mec="black", mfc="grey", label="trough of a fall-and-rise")]
         if data.peaks is not None:
             fig.legend(handles=marks, loc="lower center", bbox_to_anchor=(0.5, 0.975), ncol=2, frameon=False)
         what = f"{metric_title(metric)}" + (f" of {group}" if group else "")
         fig.suptitle(f"{what} per layer · {panel}", y=1.0 + 0.25 / fig.get_figheight())
         caption = (f"{what.capitalize()} ({metric}) of each layer over training, one line per layer "
-                   f"(colour = depth), vanilla vs meta (columns), one row per component, model {panel}; "
-                   "triangles: the peak found by the dynamics stage (filled = a rise-and-fall); a column of several "
-                   "runs (replicates) shows their mean curve and every run's peak.")
+                   f"(colour = depth), vanilla vs meta (columns), one row per component, model {panel}; x axis: "
+                   "step + 1 on a log scale (step 0 = the init). ▼: the peak of a curve the dynamics stage found "
+                   "to rise then fall; ▲: the trough of one that falls then rises, each at its smoothed value "
+                   "(monotone and flat curves are unmarked; only the activation components are drawn); a column of several runs (replicates) shows their mean curve and every run's marks.")
         out.figure(fig, "dynamics", safe_name("dynamics_layers", metric, group, panel), caption, inputs)
 
 
@@ -232,7 +293,7 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
         return
     columns = _columns(d, rids)
     curves = [cell_curves(data.dynamics, members, metric) for _, members in columns]
-    for group, chunk in component_groups(comps):
+    for group, chunk in figure_groups(comps):
         vals = [p["value"] for cc in curves for c in chunk if (p := cc.get(c)) is not None]
         vmin, vmax = float(min(v.min() for v in vals)), float(max(v.max() for v in vals))
         fig, axes = plt.subplots(len(chunk), len(columns), squeeze=False, sharex=True, sharey=True,
@@ -246,17 +307,16 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
                     grid = part.pivot_table(index="layer", columns="step", values="value")
                     steps = np.asarray(grid.columns, dtype=float)
                     layers = np.asarray(grid.index, dtype=float)
-                    mesh = ax.pcolormesh(_edges(steps), _edges(layers), grid.to_numpy(), cmap=style.SEQ_CMAP,
+                    mesh = ax.pcolormesh(_log_edges(_x(steps)), _edges(layers), grid.to_numpy(), cmap=style.SEQ_CMAP,
                                          vmin=vmin, vmax=vmax, shading="flat")
-                    for layer, step, _, rf in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
-                        ax.plot([step], [layer], marker="x" if rf else "+", color="white", ms=4, mew=1.0)
+                    for layer, step, _, kind in (pk for r in members for pk in _peaks_for(data, r, metric, comp)):
+                        ax.plot([step + 1], [layer], marker=MARKERS[kind], mfc="none", mec="white", ms=4, mew=1.0)
                     ax.set_yticks(layers[:: max(1, len(layers) // 12)])
                 ax.grid(False)
+                step_axis(ax, label=i == len(chunk) - 1)
                 ax.set_title(title + (f" · {_short_comp(comp)}" if comp else ""))
                 if j == 0:
                     ax.set_ylabel("layer")
-                if i == len(chunk) - 1:
-                    ax.set_xlabel(style.AXIS_LABELS["step"])
         what = f"{metric_title(metric)}" + (f" of {group}" if group else "")
         fig.suptitle(f"{what} · {panel}")
         fig.tight_layout()
@@ -264,8 +324,8 @@ def _layer_heatmap(data, d: Design, out: Outputs, panel: str, rids: list[str], m
             fig.colorbar(mesh, ax=[a for row in axes for a in row], fraction=0.03, pad=0.02,
                          label=metric_title(metric))
         caption = (f"{what.capitalize()} ({metric}) as a layer × step heatmap (heads averaged), vanilla vs meta "
-                   f"(columns; several replicates: their mean), one row per component, model {panel}; × marks a "
-                   "rise-and-fall peak, + another peak.")
+                   f"(columns; several replicates: their mean), one row per component, model {panel}; x axis: step + 1 "
+                   "on a log scale. ▼ marks the peak of a rise-and-fall, ▲ the trough of a fall-and-rise.")
         out.figure(fig, "dynamics", safe_name("dynamics_heatmap", metric, group, panel), caption, inputs)
 
 
@@ -278,6 +338,13 @@ def _edges(centres):
         return np.array([c[0] - 0.5, c[0] + 0.5])
     mid = (c[1:] + c[:-1]) / 2
     return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def _log_edges(centres):
+    """`_edges` in log space: cell edges for positive centres drawn on a log axis."""
+    import numpy as np
+
+    return np.exp(_edges(np.log(np.asarray(centres, dtype=float))))
 
 
 def _overview(data, d: Design, out: Outputs, panel: str, rids: list[str], metrics: list[str], inputs) -> None:
@@ -293,13 +360,13 @@ def _overview(data, d: Design, out: Outputs, panel: str, rids: list[str], metric
         for rid in rids:
             g = dyn[(dyn["run_id"] == rid) & (dyn["metric"] == metric)].groupby("step")["value"].mean()
             if len(g):
-                ax.plot(g.index, g.values, color=colors[d.label[rid]], marker="o", ms=2, label=d.label[rid])
+                ax.plot(_x(g.index), g.values, color=colors[d.label[rid]], marker="o", ms=2, label=d.label[rid])
         ax.set_title(metric_title(metric))
-        ax.set_xlabel(style.AXIS_LABELS["step"])
+        step_axis(ax)
     fig.tight_layout()
     style.figure_legend(fig, axes)
     caption = (f"Every learning-dynamics metric of model {panel} over training, averaged over layers, "
-               "components and heads, vanilla vs meta.")
+               "components and heads, vanilla vs meta, one line per run; x axis: step + 1 on a log scale.")
     out.figure(fig, "dynamics", safe_name("dynamics_overview", panel), caption, inputs)
 
 
@@ -383,6 +450,8 @@ def _episodic_vs_per(data: ExperimentData, d: Design, out: Outputs, metrics: lis
 
 
 def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
+    from metapretrain.io import atomic_write_text
+
     p = data.peaks[data.peaks["run_id"].isin(d.panel)].copy()
     if p.empty:
         return
@@ -394,50 +463,100 @@ def _peaks_table(data: ExperimentData, d: Design, out: Outputs) -> None:
     sort = [c for c in ("_o", "method", "metric", "component", "layer") if c in p]
     p = p.sort_values(sort, kind="stable").drop(columns="_o")
     cols = ["panel", "method", "run_id"] + [c for c in p.columns if c not in ("panel", "method", "run_id", "source")]
-    caption = ("Peak of every learning-dynamics curve (from the dynamics stage's phase detection): step and value "
-               "of the peak, rise before and fall after it, and whether it counts as a rise-and-fall.")
-    out.table(p[[*cols, "source"]], "dynamics_peaks", caption, sorted(set(p["source"])),
-              formats={"peak_step": "{:.0f}", "layer": "{:.0f}"})
+    sources = sorted(set(p["source"]))
+    # Every curve's row: CSV only (thousands of rows are no table to read).
+    path = out.root / "tables" / "dynamics_peaks_curves.csv"
+    atomic_write_text(path, p[[*cols, "source"]].to_csv(index=False))
+    out._entry(path, "table", "Phases of every learning-dynamics curve (peaks.csv of each run, with its cell): peak "
+               "and trough step and value, their arms, is_rise_and_fall, is_fall_and_rise and the shape "
+               "(metapretrain.dynamics.phases).", sources)
     summ = peaks_summary(p, d)
+    legacy = "shape" not in p.columns
+    if legacy:
+        data.skip("dynamics: peaks.csv without a shape column (written before troughs were detected): only "
+                  "rise-and-fall is known; rerun the dynamics stage to rewrite it")
     ns = "/".join(map(str, sorted(set(summ["n_runs"]))))
-    over = d.replicates_text()
-    caption = (f"Peak step of each learning-dynamics curve per method and {d.panel_title()} over the runs of each "
-               f"cell (n = {ns} runs per cell, replicate axes: {over}): mean peak step over the runs in which the curve rises and falls (n_peaks), "
-               f"with a {stats.T_INTERVAL} (none for n = 1), and the fraction of the cell's runs in which the "
-               "layer shows a rise-and-fall.")
-    out.table(summ, "dynamics_peaks_summary", caption, sorted(set(p["source"])), display=_shown_peaks(summ),
+    caption = (f"Phases of each learning-dynamics curve per {d.panel_title()} × method cell (replicates pooled; "
+               f"replicate axes: {d.replicates_text()}; n = {ns} runs per row), layer and metric, for one component "
+               "per metric: resid.act (the residual stream after the layer) where the metric has it, attn for head "
+               "entropy, else the metric's first component in data-flow order (the others: "
+               "dynamics_peaks_curves.csv). Per shape (rise→fall: interior peak; fall→rise: interior trough; "
+               "monotone ↑/↓; flat; rule in metapretrain.dynamics.phases) the fraction of the cell's runs whose "
+               "curve has it; the paper's claim is rise→fall. Peak step: mean over the rise→fall runs, trough "
+               f"step: mean over the fall→rise runs, each with a {stats.T_INTERVAL} (n = 1: none). Steps are "
+               "optimizer steps; step 0 is the init."
+               + (" Some peaks.csv predate trough detection: their other shapes are unknown (–)." if legacy else ""))
+    out.table(summ, "dynamics_peaks", caption, sources, display=_shown_peaks(summ),
               latex_drop=("source", "run_ids"))
 
 
+def summary_component(components) -> str:
+    """The component a metric is summarised by (SUMMARY_COMPONENTS, else the first in data-flow order)."""
+    comps = sorted(set(components), key=_module_order)
+    return next((c for c in SUMMARY_COMPONENTS if c in comps), comps[0] if comps else "")
+
+
 def peaks_summary(peaks, d: Design):
-    """One row per cell, metric, component and layer: peak step mean ± interval, rise-and-fall fraction."""
+    """One row per cell, metric and layer (the metric's `summary_component`): the fraction of the cell's runs
+    with each shape, peak step over the rise-and-fall runs and trough step over the fall-and-rise runs (mean,
+    95% Student-t interval). peaks.csv files without `shape` (older rule): shape from is_rise_and_fall, the
+    other fractions NaN."""
     import pandas as pd
 
+    from metapretrain.dynamics.phases import FALL_RISE, RISE_FALL, SHAPES
+
+    has_shape = "shape" in peaks.columns
     p = peaks.assign(component=[_key(c) for c in peaks.get("component", [math.nan] * len(peaks))],
-                     layer=[_key(x) for x in peaks["layer"]],
-                     rise_fall=[str(v).lower() in ("true", "1", "1.0", "yes")
-                                for v in peaks.get("is_rise_and_fall", [False] * len(peaks))])
-    cells = d.cells(p["run_id"].unique())  # each run once, however many curves it has
+                     layer=[_key(x) for x in peaks["layer"]], metric=peaks["metric"].astype(str))
+    if has_shape:
+        p["_shape"] = [str(v) if isinstance(v, str) else "" for v in p["shape"]]
+    else:
+        p["_shape"] = [RISE_FALL if _flag(v) else "" for v in p.get("is_rise_and_fall", [False] * len(p))]
+    chosen = {m: summary_component(g["component"]) for m, g in p.groupby("metric")}
+    p = p[[chosen[m] == c for m, c in zip(p["metric"], p["component"], strict=True)]]
+    cells = d.cells(p["run_id"].unique())
     rows = []
     for (panel, method), rids in cells.items():
         sub = p[p["run_id"].isin(rids)]
-        for (metric, comp, layer), g in sub.groupby(["metric", "component", "layer"], sort=True):
-            # The step of a detected rise-and-fall only: a monotone curve's maximum sits at an end of the run.
-            s = stats.summary(pd.to_numeric(g.loc[g["rise_fall"], "peak_step"], errors="coerce"))
-            rows.append({"panel": panel, "method": method, "metric": metric, "component": comp, "layer": layer,
-                         "n_runs": len(rids), "n_peaks": s.n, "peak_step": s.mean, "peak_step_lo": s.lo,
-                         "peak_step_hi": s.hi, "rise_and_fall_fraction": int(g.groupby("run_id")["rise_fall"].any().sum()) / len(rids),
-                         "run_ids": "; ".join(rids), "source": "; ".join(sorted(set(g["source"])))})
+        for (metric, layer), g in sorted(sub.groupby(["metric", "layer"], sort=False),
+                                         key=lambda kv: (kv[0][0], _layer_order(kv[0][1]))):
+            g = g.drop_duplicates("run_id")
+            n = len(g)
+            row = {"panel": panel, "method": method, "metric": metric, "component": chosen[metric], "layer": layer,
+                   "n_runs": n}
+            for shape in SHAPES:
+                k = int((g["_shape"] == shape).sum())
+                known = has_shape or shape == RISE_FALL
+                row[FRACTION_COLUMNS[shape]] = k / n if known else math.nan
+            pk = stats.summary(pd.to_numeric(g.loc[g["_shape"] == RISE_FALL, "peak_step"], errors="coerce"))
+            tr = stats.summary(pd.to_numeric(g.loc[g["_shape"] == FALL_RISE, "trough_step"], errors="coerce")
+                               if has_shape and "trough_step" in g else [])
+            row |= {"n_peaks": pk.n, "peak_step": pk.mean, "peak_step_lo": pk.lo, "peak_step_hi": pk.hi,
+                    "n_troughs": tr.n, "trough_step": tr.mean, "trough_step_lo": tr.lo, "trough_step_hi": tr.hi,
+                    "run_ids": "; ".join(sorted(g["run_id"])), "source": "; ".join(sorted(set(g["source"])))}
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _layer_order(layer: str):
+    return (0, float(layer)) if layer != "" else (1, math.inf)
+
+
+def _frac_text(f, n) -> str:
+    if not (isinstance(f, float | int) and math.isfinite(f)):
+        return "–"
+    return f"{f:.0%} ({round(f * n)}/{n})"
 
 
 def _shown_peaks(summ):
     shown = summ[["panel", "method", "metric", "component", "layer", "n_runs"]].copy()
-    shown["peak step [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.0f}") for m, lo, hi, n in
-                                   zip(summ["peak_step"], summ["peak_step_lo"], summ["peak_step_hi"], summ["n_peaks"],
-                                       strict=True)]
-    shown["rise-and-fall"] = [f"{f:.0%} of {n}" for f, n in zip(summ["rise_and_fall_fraction"], summ["n_runs"],
-                                                                strict=True)]
-    shown["run_ids"] = summ["run_ids"]
+    for shape, title in SHAPE_TITLES.items():
+        shown[title] = [_frac_text(f, n) for f, n in zip(summ[FRACTION_COLUMNS[shape]], summ["n_runs"], strict=True)]
+    for what in ("peak", "trough"):
+        shown[f"{what} step [95% CI]"] = [
+            stats.fmt_interval(m, lo, hi, n, "{:.0f}") for m, lo, hi, n in
+            zip(summ[f"{what}_step"], summ[f"{what}_step_lo"], summ[f"{what}_step_hi"], summ[f"n_{what}s"],
+                strict=True)]
+    shown["run_ids"] = summ["run_ids"]  # last: every row names its runs and files (tables.rst)
     shown["source"] = summ["source"]
     return shown
