@@ -159,3 +159,117 @@ def test_ner_table_reads_old_results_files_and_shows_group_means(tmp_path):
     cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")], strict=True))
     assert (cells["group in_language"], cells["group pud"], cells["group other"]) == ("80.0", "30.0", "10.0")
     assert "seqeval strict IOB2" in md
+
+
+# --- figures: groups in ner.py, tables M-T-1..M-T-4 ---------------------------------------------------------
+
+BASE = {"Danish-DDT": 0.6, "English-EWT": 0.4, "German-PUD": 0.3, "Tagalog-TRG": 0.1, "Cebuano-GJA": 0.2,
+        "Klingon-X": 0.9}  # Klingon-X is in no group
+TRAIN = {"Danish-DDT": 0.0, "all": 0.05}
+SEED = {1: 0.0, 2: 0.02}
+METHOD = {"vanilla": 0.0, "fomaml": 0.1}
+T_975_1 = 12.706204736174707  # Student t, 97.5% quantile, 1 degree of freedom
+
+
+def protocol_data(train_sets=("Danish-DDT", "all"), eval_group_column=True):
+    import pandas as pd
+
+    from metapretrain.figures.load import ExperimentData, RunData
+    from metapretrain.figures.pairing import design
+
+    runs, rows = [], []
+    for seed in SEED:
+        for method, learner in (("vanilla", "none"), ("fomaml", "fomaml")):
+            rid = f"method~{method}/seed~{seed}"
+            runs.append(RunData(rid, {"method": method, "seed": str(seed)},
+                                {"meta": {"learner": learner}, "model": {"preset": "micro"}}, None))
+            for regime, bump in (("head", 0.0), ("full", 0.1)):
+                for tr in train_sets:
+                    for ev, base in BASE.items():
+                        v = base + TRAIN[tr] + SEED[seed] + METHOD[method] + bump
+                        for metric, dv in (("micro_f1", 0.0), ("PER_f1", 0.01), ("LOC_f1", -0.01)):
+                            row = {"pretrain_run": rid, "train_set": tr, "regime": regime, "eval_set": ev,
+                                   "eval_split": "test", "eval_kind": "x", "metric": metric, "value": v + dv,
+                                   "f1_mode": "default"}
+                            if eval_group_column:
+                                row["eval_group"] = eval_group(ev, DEFAULT_EVAL_GROUPS)
+                            rows.append(row)
+    data = ExperimentData(exp_dir=None, name="t", axes=["method", "seed"], runs=runs, ner=pd.DataFrame(rows))
+    return data, design(runs, ["method", "seed"], ["seed"])
+
+
+def _cell(table, method, regime="head", **keys):
+    sel = table[(table["method"] == method) & (table["regime"] == regime)]
+    for k, v in keys.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1
+    return sel.iloc[0]
+
+
+@pytest.mark.parametrize("eval_group_column", [True, False])  # without the column: default groups by name
+def test_mt1_group_means_hand_computed(eval_group_column):
+    from metapretrain.figures import ner, ner_protocol
+
+    data, d = protocol_data(eval_group_column=eval_group_column)
+    t1 = ner_protocol.mt1_summary(ner.finals(ner.prepare(data.ner)), d)
+    v = _cell(t1, "vanilla")
+    # per run: mean over the train sets (Danish-DDT +0, all +0.05) of the group means; cell: over seeds (+0, +0.02)
+    assert (v["In-Lang"], v["PUD"], v["Other"], v["Mean"]) == pytest.approx((0.535, 0.335, 0.185, 0.355))
+    assert v["n"] == 2 and v["In-Lang n"] == 2
+    assert (v["PUD lo"], v["PUD hi"]) == pytest.approx((0.335 - T_975_1 * 0.01, 0.335 + T_975_1 * 0.01))
+    f = _cell(t1, "fomaml", "full")
+    assert (f["In-Lang"], f["PUD"], f["Other"], f["Mean"]) == pytest.approx((0.735, 0.535, 0.385, 0.555))
+    assert "ungrouped" not in t1.columns and "Klingon-X" not in t1.columns
+
+
+def test_mt4_zero_shot_on_other_after_all_hand_computed():
+    from metapretrain.figures import ner, ner_protocol
+
+    data, d = protocol_data()
+    t4 = ner_protocol.mt4_zero_shot(ner.finals(ner.prepare(data.ner)), d)
+    v = _cell(t4, "vanilla")
+    assert (v["overall"], v["Cebuano-GJA"], v["Tagalog-TRG"]) == pytest.approx((0.21, 0.26, 0.16))
+    f = _cell(t4, "fomaml", "full")
+    assert (f["overall"], f["Cebuano-GJA"], f["Tagalog-TRG"]) == pytest.approx((0.41, 0.46, 0.36))
+    assert "German-PUD" not in t4.columns
+    t2 = ner_protocol.mt2_diagonal(ner.finals(ner.prepare(data.ner)), d)
+    assert _cell(t2, "vanilla")["Danish-DDT"] == pytest.approx(0.61)
+    t3 = ner_protocol.mt3_per_tag(ner.finals(ner.prepare(data.ner)), d)
+    assert _cell(t3, "fomaml", entity="PER")["Danish-DDT"] == pytest.approx(0.72)
+    assert _cell(t3, "fomaml", entity="LOC")["Mean"] == pytest.approx(0.70)
+
+
+def test_ner_summary_and_delta_get_group_columns_and_scopes():
+    from metapretrain.figures import ner
+
+    data, d = protocol_data()
+    summary = ner.summary_table(data, d)
+    row = summary[summary["run_id"] == "method~vanilla/seed~1"].iloc[0]
+    assert (row["head In-Lang"], row["head PUD"], row["head Other"]) == pytest.approx((0.525, 0.325, 0.175))
+    assert row["head ungrouped"] == pytest.approx(0.925)
+    deltas = ner.delta_table(data, d)
+    micro = deltas[deltas["entity"] == "micro"]
+    assert {"all", "group:in_language", "group:pud", "group:other", "group:ungrouped"} <= \
+        set(micro["scope"])
+    assert micro.loc[micro["scope"] == "group:pud", "delta_f1"].tolist() == pytest.approx([0.1] * 4)
+    assert micro.loc[micro["scope"] == "group:pud", "n_pairs"].tolist() == [2] * 4  # 2 train sets per regime
+
+
+def test_protocol_tables_are_written_with_the_f1_mode_or_skipped(tmp_path):
+    from metapretrain.figures import ner_protocol
+    from metapretrain.figures.outputs import Outputs
+
+    data, d = protocol_data()
+    out = Outputs(root=tmp_path / "figures", exp_dir=tmp_path, formats=("png",))
+    out.prepare()
+    ner_protocol.render(data, d, out)
+    for name in ("ner_mt1_summary", "ner_mt2_diagonal", "ner_mt3_per_tag", "ner_mt4_zero_shot"):
+        md = (tmp_path / "figures" / "tables" / f"{name}.md").read_text()
+        assert "F1 mode: seqeval default mode" in md.splitlines()[0], name
+    assert data.skipped == []
+    data, d = protocol_data(train_sets=("Danish-DDT",))  # no fine-tune on `all`: M-T-4 cannot be made
+    ner_protocol.render(data, d, out)
+    assert len(data.skipped) == 1 and data.skipped[0].startswith("M-T-4")
+    data.ner = None
+    ner_protocol.render(data, d, out)
+    assert data.skipped[-1].startswith("NER protocol tables")

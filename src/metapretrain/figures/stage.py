@@ -25,7 +25,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
 
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
-    from metapretrain.figures import checkpoint_sweep, claims, dynamics, loss, ner, speedup, style
+    from metapretrain.figures import checkpoint_sweep, claims, dynamics, loss, ner, ner_protocol, speedup, style
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
@@ -52,7 +52,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
                   "panel, vanilla baseline (pairing rule in metapretrain.figures.pairing) and finished stages.",
                   sorted(["grid.yaml", *grid["source"]]))
         for name, module in (("loss", loss), ("speedup", speedup), ("ner", ner),
-                             ("checkpoint sweep", checkpoint_sweep), ("dynamics", dynamics)):
+                             ("ner protocol", ner_protocol), ("checkpoint sweep", checkpoint_sweep), ("dynamics", dynamics)):
             t0 = time.perf_counter()
             try:
                 module.render(data, d, out)
