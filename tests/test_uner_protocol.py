@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -273,3 +274,68 @@ def test_protocol_tables_are_written_with_the_f1_mode_or_skipped(tmp_path):
     data.ner = None
     ner_protocol.render(data, d, out)
     assert data.skipped[-1].startswith("NER protocol tables")
+
+
+# --- the downloader knows all 18 sets; trust on first use ---------------------------------------------------
+
+def test_catalogue_lists_the_nine_test_only_sets_by_pin():
+    from metapretrain.data import catalogue
+
+    tests = {f.rel.split("/")[1] for f in catalogue.UNER_ALL if f.rel.endswith("-test.iob2")}
+    assert tests == set(IN_LANG) | set(PUD) | set(OTHER)  # the 18 eval sets of every default group
+    for f in catalogue.UNER_TEST_ONLY:
+        assert not f.pinned and len(f.commit) == 40 and f.repo == f"UniversalNER/UNER_{f.rel.split('/')[1]}"
+        assert f.content_id == f"pin:{f.repo}@{f.commit}:{f.path}"
+        assert f.rel not in catalogue.CATALOGUE  # grids never plan a file without a checksum
+    assert not set(catalogue.EVAL_FILES) & {f.rel for f in catalogue.UNER_TEST_ONLY}  # derivations unchanged
+
+
+def test_tofu_records_the_first_download_and_refuses_a_changed_file(tmp_path):
+    import hashlib
+    import http.server
+    import threading
+
+    from metapretrain.data.catalogue import Remote
+    from metapretrain.data.download import TOFU_RECORD, DownloadError, download_uner
+
+    served: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = served.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        f = Remote("uner/Tagalog-TRG/tl_trg-ud-test.iob2", "UniversalNER/UNER_Tagalog-TRG", "c" * 40,
+                   "tl_trg-ud-test.iob2", None)
+        first = b"# sent_id = 1\n1\tSi\tO\t-\t-\n2\tMaria\tB-PER\t-\tx\n\n"
+        served[f"/UniversalNER/UNER_Tagalog-TRG/{'c' * 40}/tl_trg-ud-test.iob2"] = first
+        [path] = download_uner(tmp_path / "uner", files=[f], base=base)
+        assert path.read_bytes() == first
+        record = json.loads((tmp_path / "uner" / TOFU_RECORD).read_text())
+        assert record[f.content_id]["sha256"] == hashlib.sha256(first).hexdigest()
+        path.unlink()
+        download_uner(tmp_path / "uner", files=[f], base=base)  # unchanged upstream: accepted again
+        assert path.read_bytes() == first
+        path.unlink()
+        served[f"/UniversalNER/UNER_Tagalog-TRG/{'c' * 40}/tl_trg-ud-test.iob2"] = first.replace(b"B-PER", b"O")
+        with pytest.raises(DownloadError, match="refused: the file differs from the one first downloaded") as exc:
+            download_uner(tmp_path / "uner", files=[f], base=base)
+        assert f.content_id in str(exc.value) and TOFU_RECORD in str(exc.value)
+        assert not path.exists() and list(path.parent.iterdir()) == []  # nothing left behind
+        assert json.loads((tmp_path / "uner" / TOFU_RECORD).read_text()) == record  # the record is kept
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
