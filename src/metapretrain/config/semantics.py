@@ -45,6 +45,10 @@ def check(cfg: dict, *, file: str | None = None, run_id: str | None = None, line
             if missing:
                 fail("finetune.checkpoints", f"no checkpoint is scheduled at step(s) {missing}: the run checkpoints "
                      f"at steps {sorted(planned)} (train.checkpoint.every, log_spaced)")
+    from metapretrain.data.uner import eval_group_problems
+
+    for key, message in eval_group_problems(ft.eval_groups):
+        fail(key, message)
     if typed.meta.enabled:
         ep = typed.meta.episode
         if ep.window > model.max_seq_len:

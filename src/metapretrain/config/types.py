@@ -233,6 +233,8 @@ class FinetuneSection(_Section):
     device: str
     checkpoints: str | list | dict  # final | all | [steps] | {every: N} (metapretrain.matching.sweep_steps)
     log_every: int | None  # None: per epoch only (history.csv); N: curve.csv every N optimizer steps
+    eval_groups: dict[str, list[str]]  # group -> treebank names / glob patterns (metapretrain.data.uner.eval_group)
+    f1_mode: str  # strict | default (metapretrain.finetune.evaluate)
 
     def seed_of(self, run_seed: int) -> int:
         """The fine-tuning seed: `finetune.seed`, or the run's pretraining seed when it is null."""

@@ -48,7 +48,14 @@ class Remote:
 
     @property
     def content_id(self) -> str:
-        return self.sha256 or f"git-blob:{self.git_blob}"
+        if self.sha256 or self.git_blob:
+            return self.sha256 or f"git-blob:{self.git_blob}"
+        return f"pin:{self.repo}@{self.commit}:{self.path}"  # trust on first use (no checksum known yet)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether a checksum is known; without one a download is checked by trust on first use."""
+        return bool(self.sha256 or self.git_blob)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,33 @@ UNER: list[Remote] = [_uner(tb, name, size, sha256=sha) for tb, name, size, sha 
 ]
 EVAL_FILES: tuple[str, ...] = tuple(sorted(f.rel for f in UNER if not f.rel.endswith("-train.iob2")))
 
+# The 9 UNER v1 sets with only a test split (the paper's PUD and Other eval groups), which the offline mirror
+# leaves out on purpose (mirror README §1). File names and repositories are UniversalNER's own. THE COMMITS ARE
+# NOT FROM THE MIRROR: nothing in this project documents them. Each is a commit of its repository holding a
+# version of the file, as listed by a public GitHub code index consulted offline (2026-12-06); it is a pin to
+# a commit, so independent of where any branch points now, but neither the commit nor that its file is the
+# v1 release was checked against GitHub from here. No checksum is known: the first download records the
+# file's sha256 in the download directory and every later download must match it (trust on first use,
+# `data.download.download(tofu=...)`); `content_id` names the pin. They are not in CATALOGUE, so grids do
+# not plan them (data.plan knows only pinned checksums); `metapretrain uner download` fetches them.
+UNER_TEST_ONLY_COMMITS = {
+    "German-PUD": ("de_pud-ud-test.iob2", "f8acea8b6c52bde1f49f14d073902f4d8cef7f95"),
+    "English-PUD": ("en_pud-ud-test.iob2", "663789046224bf250fc61964f761be716b5086de"),
+    "Portuguese-PUD": ("pt_pud-ud-test.iob2", "03a01372517373d2fbd416e686944b4c9fed01d4"),
+    "Russian-PUD": ("ru_pud-ud-test.iob2", "e1186ba65bc63fccd7ebedfe2197e20e7a4f0ee8"),
+    "Swedish-PUD": ("sv_pud-ud-test.iob2", "984ddb8e1bbc3a02167eea7c0ce3975ba46adb37"),
+    "Chinese-PUD": ("zh_pud-ud-test.iob2", "f448e9dcb90368cd03102209745e83457718a006"),
+    "Cebuano-GJA": ("ceb_gja-ud-test.iob2", "c56cb85c2101a812dfd86d32fdef973babbe1c4c"),
+    "Tagalog-TRG": ("tl_trg-ud-test.iob2", "d32640dfc99e53744c516130ca3c2132b2f1485f"),
+    "Tagalog-Ugnayan": ("tl_ugnayan-ud-test.iob2", "9d46d20fd4a5b045c9efc250003e9abde42f75e4"),
+}
+UNER_TEST_ONLY: list[Remote] = [
+    Remote(f"uner/{tb}/{name}", f"UniversalNER/UNER_{tb}", commit, name, None)
+    for tb, (name, commit) in UNER_TEST_ONLY_COMMITS.items()
+]
+# Every UNER v1 file the downloader knows: the 27 pinned by checksum and the 9 test-only ones (18 test sets).
+UNER_ALL: list[Remote] = [*UNER, *UNER_TEST_ONLY]
+
 _TEXT = [
     Remote("corpus/tinyshakespeare.txt", "karpathy/char-rnn", "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e",
            "data/tinyshakespeare/input.txt", 1_115_394,
@@ -175,7 +209,7 @@ def treebanks() -> list[str]:
 
 
 def uner_files(treebank: str) -> list[Remote]:
-    return [f for f in UNER if f.rel.split("/")[1] == treebank]
+    return [f for f in UNER_ALL if f.rel.split("/")[1] == treebank]
 
 
 def downloads_for(entry: Entry) -> list[Remote]:

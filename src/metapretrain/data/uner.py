@@ -215,3 +215,69 @@ def stats(data_dir: str | Path, labels: Iterable[str] = DEFAULT_LABELS, invalid_
                 out.append({"treebank": treebank, "split": split, "file": str(f.path), "official": f.official}
                            | report.to_dict())
     return out
+
+
+# Evaluation groups (`finetune.eval_groups`): the paper's summary groups of the 18 UNER v1 test sets.
+UNGROUPED = "ungrouped"
+DEFAULT_EVAL_GROUPS: dict[str, list[str]] = {
+    # the 9 treebanks with a train split: their own test splits
+    "in_language": ["Chinese-GSD", "Chinese-GSDSIMP", "Croatian-SET", "Danish-DDT", "English-EWT",
+                    "Portuguese-Bosque", "Serbian-SET", "Slovak-SNK", "Swedish-Talbanken"],
+    # de_pud, en_pud, pt_pud, ru_pud, sv_pud, zh_pud (repositories UniversalNER/UNER_<Language>-PUD)
+    "pud": ["German-PUD", "English-PUD", "Portuguese-PUD", "Russian-PUD", "Swedish-PUD", "Chinese-PUD"],
+    # the low-resource sets: ceb_gja, tl_trg, tl_ugnayan
+    "other": ["Cebuano-GJA", "Tagalog-TRG", "Tagalog-Ugnayan"],
+}
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def eval_group(eval_set: str, groups: Mapping[str, Iterable[str]]) -> str:
+    """The group of an eval set: the first group (in mapping order) with a member or glob pattern
+    (fnmatch, case-sensitive) naming it; `ungrouped` when none does."""
+    from fnmatch import fnmatchcase
+
+    for name, members in groups.items():
+        if any(m == eval_set or (_is_glob(m) and fnmatchcase(eval_set, m)) for m in members):
+            return name
+    return UNGROUPED
+
+
+def absent_members(groups: Mapping[str, Iterable[str]], present: Iterable[str]) -> dict[str, list[str]]:
+    """{group: its members (names, or patterns matching nothing) not among the `present` eval sets}."""
+    from fnmatch import fnmatchcase
+
+    present = list(present)
+    out = {}
+    for name, members in groups.items():
+        missing = [m for m in members
+                   if not (m in present or (_is_glob(m) and any(fnmatchcase(p, m) for p in present)))]
+        if missing:
+            out[name] = missing
+    return out
+
+
+def eval_group_problems(groups: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
+    """(key, message) for each inconsistency in `finetune.eval_groups`: an empty group, a group listing the
+    same set twice, a set listed by two groups, or a group named `ungrouped` (the name of no group)."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name, members in groups.items():
+        key = f"finetune.eval_groups.{name}"
+        members = list(members)
+        if name == UNGROUPED:
+            problems.append((key, f"'{UNGROUPED}' is what an eval set in no group is called; rename this group"))
+        if not members:
+            problems.append((key, f"eval group '{name}' is empty: list treebank names or glob patterns, "
+                                  "or drop the group"))
+        dup = sorted({m for m in members if members.count(m) > 1})
+        if dup:
+            problems.append((key, f"eval group '{name}' lists {', '.join(dup)} more than once"))
+        for m in dict.fromkeys(members):
+            if m in seen and seen[m] != name:
+                problems.append((key, f"{m} is listed by eval groups '{seen[m]}' and '{name}'; "
+                                      "an eval set belongs to one group"))
+            seen.setdefault(m, name)
+    return problems

@@ -6,6 +6,14 @@ train set), `cross_lingual` (another treebank that has a train split) and
 `test_only` (a treebank with no train split); a table without `eval_kind`
 gets in_language/cross_lingual from the set names.
 
+**Eval groups** (`eval_group`, `finetune.eval_groups`): the paper's In-Lang (the 9 treebanks with a
+train split), PUD (6) and Other (3 low-resource sets), or whatever groups the config names; a table
+without the column (or a row with it empty) gets the default groups by eval-set name. The summary gets
+one column per group, ΔF1 one scope `group:<name>` per group, beside the eval kinds.
+
+**F1 mode** (`f1_mode`, `finetune.f1_mode`): strict IOB2 or seqeval's default mode; rows written before
+the column existed are strict. Every caption names the mode(s) of its rows.
+
 **Summary aggregation** (as the paper's heatmap.py): for each run, regime and
 train set, average micro-F1 over the eval sets of each kind (and over all
 eval sets for `mean`), then average those over the train sets, each train
@@ -42,6 +50,38 @@ from metapretrain.figures.pairing import Design
 KINDS = ("in_language", "cross_lingual", "test_only")
 KIND_TITLES = {"in_language": "in-language", "cross_lingual": "cross-lingual", "test_only": "test-only",
                "all": "all eval sets"}
+GROUP_TITLES = {"in_language": "In-Lang", "pud": "PUD", "other": "Other"}
+GROUP_SCOPE = "group:"
+
+
+def group_title(group: str) -> str:
+    """How a group is named in column headers: In-Lang / PUD / Other for the default ones."""
+    return GROUP_TITLES.get(group, group)
+
+
+def scope_title(scope: str) -> str:
+    """A ΔF1 scope for captions and panel titles: an eval kind, `all`, or `group:<name>`."""
+    if scope.startswith(GROUP_SCOPE):
+        return f"{group_title(scope[len(GROUP_SCOPE):])} group"
+    return KIND_TITLES.get(scope, scope)
+
+
+def groups_in(df) -> list[str]:
+    """The eval groups of a prepared table, default ones first (in their order), `ungrouped` last."""
+    from metapretrain.data.uner import DEFAULT_EVAL_GROUPS, UNGROUPED
+
+    present = set(df["eval_group"])
+    out = [g for g in DEFAULT_EVAL_GROUPS if g in present]
+    return out + sorted(present - set(out) - {UNGROUPED}) + ([UNGROUPED] if UNGROUPED in present else [])
+
+
+def f1_text(df) -> str:
+    """The F1 mode(s) of a table's rows, for captions."""
+    from metapretrain.finetune.evaluate import F1_MODE_TEXT
+
+    modes = sorted(set(df["f1_mode"])) if "f1_mode" in df and len(df) else ["strict"]
+    text = " and ".join(F1_MODE_TEXT.get(m, m) for m in modes)
+    return f"F1 mode: {text}" + (" (mixed modes: values are not comparable across them)" if len(modes) > 1 else "")
 
 
 def prepare(ner):
@@ -61,6 +101,13 @@ def prepare(ner):
             df[col] = math.nan
     df["reading"] = ["final" if _missing(v) else str(v) for v in df["reading"]]
     df["matched_to"] = ["" if _missing(v) else str(v) for v in df["matched_to"]]
+    from metapretrain.data.uner import DEFAULT_EVAL_GROUPS, eval_group
+
+    given = df["eval_group"] if "eval_group" in df else [math.nan] * len(df)
+    df["eval_group"] = [eval_group(e, DEFAULT_EVAL_GROUPS) if _missing(g) or g == "" else str(g)
+                        for e, g in zip(df["eval_set"], given, strict=True)]
+    given = df["f1_mode"] if "f1_mode" in df else [math.nan] * len(df)
+    df["f1_mode"] = ["strict" if _missing(m) or m == "" else str(m) for m in given]
     return df
 
 
@@ -94,7 +141,8 @@ def _match_ratio(rows) -> float:
 
 
 def summary_table(data: ExperimentData, d: Design):
-    """Rows: method × panel (one per run); columns: `<regime> <kind>` mean micro-F1 (module docstring)."""
+    """Rows: method × panel (one per run); columns: `<regime> <kind>` and `<regime> <group title>` mean
+    micro-F1 (module docstring)."""
     import pandas as pd
 
     df = finals(prepare(data.ner))
@@ -103,22 +151,31 @@ def summary_table(data: ExperimentData, d: Design):
     rows = []
     order = {p: i for i, p in enumerate(d.panels())}
     runs = sorted(df["pretrain_run"].unique(), key=lambda r: (d.methods().index(d.label[r]), order[d.panel[r]], r))
+    groups = groups_in(df)
     for rid in runs:
         row = {"method": d.label[rid], "panel": d.panel[rid], "run_id": rid}
         for regime in regimes:
             sub = df[(df["pretrain_run"] == rid) & (df["regime"] == regime)]
             per_train = {k: [] for k in (*KINDS, "mean")}
+            per_group = {g: [] for g in groups}
             for _, g in sub.groupby("train_set"):
                 for k in KINDS:
                     vals = g.loc[g["eval_kind"] == k, "value"].dropna()
                     if len(vals):
                         per_train[k].append(vals.mean())
+                for grp in groups:
+                    vals = g.loc[g["eval_group"] == grp, "value"].dropna()
+                    if len(vals):
+                        per_group[grp].append(vals.mean())
                 vals = g["value"].dropna()
                 if len(vals):
                     per_train["mean"].append(vals.mean())
             for k in (*KINDS, "mean"):
                 name = KIND_TITLES.get(k, k)
                 row[f"{regime} {name}"] = sum(per_train[k]) / len(per_train[k]) if per_train[k] else math.nan
+            for grp in groups:
+                vals = per_group[grp]
+                row[f"{regime} {group_title(grp)}"] = sum(vals) / len(vals) if vals else math.nan
             row[f"{regime} train sets"] = sub["train_set"].nunique()
         row["source"] = "ner/results.csv"
         rows.append(row)
@@ -128,8 +185,8 @@ def summary_table(data: ExperimentData, d: Design):
 
 
 def delta_table(data: ExperimentData, d: Design):
-    """ΔF1 = meta − vanilla per (meta run, baseline, reading, regime, eval kind, entity); entity `micro` is
-    micro-F1. Reading `final`: both final checkpoints; `matched-<unit>`: the meta run's final checkpoint
+    """ΔF1 = meta − vanilla per (meta run, baseline, reading, regime, scope, entity); a scope is an eval kind,
+    `group:<eval group>` or `all`; entity `micro` is micro-F1. Reading `final`: both final checkpoints; `matched-<unit>`: the meta run's final checkpoint
     against the vanilla checkpoint matched to it (`vanilla_step`, `match_ratio` = count read / target)."""
     import pandas as pd
 
@@ -154,10 +211,16 @@ def delta_table(data: ExperimentData, d: Design):
                 m = a.merge(b[[*key, "value"]], on=key, suffixes=("", "_vanilla"))
                 m["delta"] = m["value"] - m["value_vanilla"]
                 m = m.dropna(subset=["delta"])
+                scopes = (*KINDS, *(GROUP_SCOPE + grp for grp in groups_in(m)), "all")
                 for (regime, metric), g in m.groupby(["regime", "metric"]):
                     entity = "micro" if metric == "micro_f1" else metric[: -len("_f1")]
-                    for scope in (*KINDS, "all"):
-                        sel = g if scope == "all" else g[g["eval_kind"] == scope]
+                    for scope in scopes:
+                        if scope == "all":
+                            sel = g
+                        elif scope.startswith(GROUP_SCOPE):
+                            sel = g[g["eval_group"] == scope[len(GROUP_SCOPE):]]
+                        else:
+                            sel = g[g["eval_kind"] == scope]
                         if sel.empty:
                             continue
                         rows.append({"panel": d.panel[rid], "method": d.label[rid], "run_id": rid,
@@ -174,7 +237,8 @@ def delta_table(data: ExperimentData, d: Design):
     t["_o"] = [(order[p], m, b, rd != "final", rd, r, s, e != "micro", e) for p, m, b, rd, r, s, e in
                zip(t["panel"], t["method"], t["baseline"], t["reading"], t["regime"], t["scope"], t["entity"],
                    strict=True)]
-    return t.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    # stable: rows that tie (one cell's replicates) keep the order they were made in (by run id)
+    return t.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
 def reading_text(reading: str, ratios=None) -> str:
@@ -199,11 +263,14 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         data.skip("NER: ner/results.csv has no test-split micro_f1 rows")
         return
     inputs = ["ner/results.csv"]
-    _heatmaps(finals(df), d, out, inputs)
+    mode = f1_text(df)
+    _heatmaps(finals(df), d, out, inputs, mode)
     table = summary_table(data, d)
+    groups = ", ".join(group_title(g) for g in groups_in(finals(df)))
     out.table(table, "ner_summary",
-              "UNER micro-F1 summary per method and model: mean over the eval sets of each kind per train set, "
-              "then over train sets, per fine-tuning regime (head-only / full).", inputs,
+              "UNER micro-F1 summary per method and model: mean over the eval sets of each kind (and of each eval "
+              f"group: {groups}) per train set, then over train sets, per fine-tuning regime (head-only / full). "
+              f"{mode}.", inputs,
               formats={c: "{:.3f}" for c in table.columns if not c.endswith("train sets")})
     cells = summary_cells(table, d)
     ns = "/".join(map(str, sorted(set(cells["n"]))))
@@ -211,7 +278,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     out.table(cells, "ner_summary_cells",
               f"UNER micro-F1 summary per method and {d.panel_title()} over the runs of each cell (n = {ns} per "
               f"cell, replicate axes: {over}): mean of the per-run values of ner_summary with a {stats.T_INTERVAL} "
-              "(none for n = 1).", inputs, display=_shown_cells(cells), latex_drop=("source", "run_ids"))
+              f"(none for n = 1). {mode}.", inputs, display=_shown_cells(cells), latex_drop=("source", "run_ids"))
     deltas = delta_table(data, d)
     if deltas.empty:
         data.skip("NER ΔF1: no meta run has a vanilla baseline with matching NER results")
@@ -221,15 +288,16 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     how = "; ".join(f"reading {r}: {reading_text(r, deltas.loc[deltas['reading'] == r, 'match_ratio'])}"
                     for r in readings)
     caption = (f"ΔF1 = meta − vanilla ({pairing}), averaged over matched train set × eval set pairs, by reading, "
-               f"entity type, eval kind, regime and {d.panel_title()}. {how}.")
+               f"entity type, scope (eval kind, eval group `group:<name>`, or all), regime and {d.panel_title()}. "
+               f"{how}. {mode}.")
     out.table(deltas, "ner_delta_f1", caption, inputs,
               formats={"meta_f1": "{:.3f}", "vanilla_f1": "{:.3f}", "delta_f1": "{:+.3f}", "match_ratio": "{:.3f}"})
     tests = delta_tests(deltas, d)
     test_names = sorted({stats.PAIRED_TEST if p else stats.UNPAIRED_TEST for p in tests["paired"]})
-    tcaption = ("ΔF1 = meta − vanilla per method, baseline, reading, " + d.panel_title() + ", regime, eval kind and "
+    tcaption = ("ΔF1 = meta − vanilla per method, baseline, reading, " + d.panel_title() + ", regime, scope and "
                 f"entity over the meta runs of each cell (one pair per run; n pairs = "
                 f"{'/'.join(map(str, sorted(set(tests['n']))))}): mean ΔF1, its 95% CI and the p-value of the "
-                f"{' / '.join(test_names)} (no interval and no test for n = 1). {pairing}. {how}.")
+                f"{' / '.join(test_names)} (no interval and no test for n = 1). {pairing}. {how}. {mode}.")
     out.table(tests, "ner_delta_f1_tests", tcaption, inputs, display=_shown_tests(tests),
               latex_drop=("source", "run_ids"))
     for reading in readings:
@@ -238,7 +306,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         fcaption = (f"ΔF1 = meta − vanilla, reading {reading}: {reading_text(reading, sub['match_ratio'])}. "
                     f"{pairing}. Bars: mean ΔF1 over the pairs of each cell (n = "
                     f"{'/'.join(map(str, sorted(set(sub['n']))))}), whiskers: its 95% CI "
-                    f"({' / '.join(test_names)}; none for n = 1).")
+                    f"({' / '.join(test_names)}; none for n = 1). {mode}.")
         _delta_figure(sub, d, out, fcaption, inputs, name)
 
 
@@ -315,7 +383,7 @@ def _eval_order(df) -> tuple[list[str], int]:
     return trainable + test_only, len(trainable)
 
 
-def _heatmaps(df, d: Design, out: Outputs, inputs: list[str]) -> None:
+def _heatmaps(df, d: Design, out: Outputs, inputs: list[str], mode: str = "") -> None:
     import seaborn as sns
 
     from metapretrain.figures import style
@@ -352,10 +420,11 @@ def _heatmaps(df, d: Design, out: Outputs, inputs: list[str]) -> None:
             fig.tight_layout()
             fig.colorbar(axes[0].collections[0], ax=axes, fraction=0.03, pad=0.02, label="micro-F1")
             ns = "/".join(map(str, sorted({len(m) for _, m in cells})))
-            caption = (f"UNER strict entity-level micro-F1 on each test set (columns; test-only treebanks right of "
+            word = "/".join(sorted({"strict" if m == "strict" else f"{m}-mode" for m in f1["f1_mode"]}))
+            caption = (f"UNER {word} entity-level micro-F1 on each test set (columns; test-only treebanks right of "
                        f"the black line) after {regime} fine-tuning on each train set (rows), {d.panel_title()} "
                        f"{panel}; n = {ns} run(s) per method" + (", cells are means over them" if ns != "1" else "")
-                       + ".")
+                       + f". {mode or f1_text(df)}.")
             out.figure(fig, "ner", safe_name("ner_f1_heatmap", panel, regime), caption, inputs)
 
 

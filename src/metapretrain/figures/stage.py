@@ -26,7 +26,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
     from metapretrain.figures import (checkpoint_sweep, claims, dynamics, episodic, finetune_speed, loss, ner,
-                                      speedup, style)
+                                      ner_protocol, speedup, style)
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
@@ -53,8 +53,8 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
                   "panel, vanilla baseline (pairing rule in metapretrain.figures.pairing) and finished stages.",
                   sorted(["grid.yaml", *grid["source"]]))
         for name, module in (("loss", loss), ("speedup", speedup), ("ner", ner),
-                             ("checkpoint sweep", checkpoint_sweep), ("dynamics", dynamics),
-                             ("finetune_speed", finetune_speed), ("episodic", episodic)):
+                             ("ner protocol", ner_protocol), ("checkpoint sweep", checkpoint_sweep),
+                             ("dynamics", dynamics), ("finetune_speed", finetune_speed), ("episodic", episodic)):
             t0 = time.perf_counter()
             try:
                 module.render(data, d, out)

@@ -45,8 +45,10 @@ if TYPE_CHECKING:
     from metapretrain.finetune.data import WordEncoder
     from metapretrain.finetune.model import TokenClassifier
 
+# `eval_group` (finetune.eval_groups; `ungrouped` for a set in no group) and `f1_mode` (finetune.f1_mode) were
+# appended last, so a reader indexing the older columns by position still works.
 RESULT_COLUMNS = ["pretrain_run", "method_axes", "train_set", "regime", "eval_set", "eval_split", "eval_kind",
-                  "metric", "value"]
+                  "metric", "value", "eval_group", "f1_mode"]
 EVAL_SAMPLE_SEED = 0
 STATE_FILE = "train_state.pt"
 CURVE_COLUMNS = ("step", "epoch", "train_loss", "dev_micro_f1")  # curve.csv (finetune.log_every)
@@ -274,10 +276,17 @@ def train_classifier(model: Classifier, data: FinetuneData, cfg, train_set: str,
 
 def evaluate(model: Classifier, data: FinetuneData, dev_src, ft, train_set: str, regime: str, run_id: str,
              method_axes: str) -> list[list]:
-    """Score dev (in language) and every test set; returns the rows of results.csv (RESULT_COLUMNS)."""
+    """Score dev (in language) and every test set; returns the rows of results.csv (RESULT_COLUMNS).
+
+    Scores are `finetune.f1_mode` (strict IOB2 or seqeval's default mode); each row carries its eval set's
+    `finetune.eval_groups` group. Group members that are not in the data are reported, not an error."""
+    from metapretrain.data.uner import absent_members, eval_group
     from metapretrain.finetune.evaluate import score
     from metapretrain.finetune.train import predict
 
+    groups = dict(ft.eval_groups)
+    for group, missing in absent_members(groups, data.tests).items():
+        print(f"  eval group {group}: not in {data.uner_dir}: {', '.join(missing)}", flush=True)
     trained_on = set(data.sources)
     rows = []
     evals = ([(train_set, "dev", "in_language", dev_src)] if dev_src is not None else [])
@@ -285,11 +294,14 @@ def evaluate(model: Classifier, data: FinetuneData, dev_src, ft, train_set: str,
     for eval_set, split, kind, src in evals:
         src = src or model.source(data.tests[eval_set], ft.batch_size, cache=regime == "head")
         metrics = score([list(x.gold) for x in src.items], predict(model.clf, src, model.names, ft.batch_size),
-                        ft.labels)
+                        ft.labels, mode=ft.f1_mode)
+        group = eval_group(eval_set, groups)
         for metric, value in metrics.items():
-            rows.append([run_id, method_axes, train_set, regime, eval_set, split, kind, metric, value])
+            rows.append([run_id, method_axes, train_set, regime, eval_set, split, kind, metric, value, group,
+                         ft.f1_mode])
         if split == "test":
-            print(f"  {eval_set:<22} {kind:<13} micro-F1 {metrics['micro_f1']:.4f}", flush=True)
+            print(f"  {eval_set:<22} {kind:<13} {group:<12} micro-F1 ({ft.f1_mode}) {metrics['micro_f1']:.4f}",
+                  flush=True)
     return rows
 
 

@@ -6,8 +6,8 @@ Reads `runs/**/finetune/<train_set>~<regime>/results.csv` of every run whose
 `done.json` exists (unfinished ones are listed and skipped) and writes
 `ner/results.csv` (the rows concatenated) and `ner/table.md`: test micro-F1
 per pretrain run × regime × train set, one column per test set, then the
-averages over in-language, cross-lingual and test-only sets (the paper's
-summary groups).
+averages over in-language, cross-lingual and test-only sets and over each
+evaluation group (`finetune.eval_groups`, the paper's In-Lang / PUD / Other).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from metapretrain.finetune.stage import RESULT_COLUMNS
 from metapretrain.io import InputError, atomic_write_text, read_text
 
 KINDS = ("in_language", "cross_lingual", "test_only")
+# results.csv files written before `eval_group` and `f1_mode` were appended: read with those two filled in
+# (`eval_group` empty: readers assign the default groups by name; `f1_mode` strict, the only mode then).
+OLD_RESULT_COLUMNS = RESULT_COLUMNS[: RESULT_COLUMNS.index("eval_group")]
+OLD_FILL = {"eval_group": "", "f1_mode": "strict"}
 
 
 # What each fine-tune's done.json says about the checkpoint it read, added to every row of ner/results.csv:
@@ -67,6 +71,9 @@ def collect(experiment_dir: str | Path) -> tuple[list[dict], list[Path]]:
             raise InputError(done_path, f"reading: {exc}", 1) from None
         reader = csv.DictReader(io.StringIO(read_text(f), newline=""))
         try:
+            if reader.fieldnames == OLD_RESULT_COLUMNS:
+                rows.extend(row | OLD_FILL | extra for row in reader)
+                continue
             if reader.fieldnames != RESULT_COLUMNS:
                 raise InputError(f, f"columns {reader.fieldnames} != expected {RESULT_COLUMNS}", 1)
             rows.extend(row | extra for row in reader)
@@ -80,30 +87,45 @@ def _fmt(x: float | None) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """Test micro-F1 (×100) per (pretrain run, regime, train set) and eval set, with group means."""
+    """Test micro-F1 (×100) per (pretrain run, regime, train set) and eval set, with kind and group means."""
+    from metapretrain.data.uner import DEFAULT_EVAL_GROUPS, UNGROUPED, eval_group
+
     f1: dict[tuple, dict[str, float]] = defaultdict(dict)
     kind_of: dict[tuple, dict[str, str]] = defaultdict(dict)
+    group_of: dict[tuple, dict[str, str]] = defaultdict(dict)
     eval_sets: set[str] = set()
+    modes: set[str] = set()
     for r in rows:
         if r["eval_split"] == "test" and r["metric"] == "micro_f1":
             reading = r["reading"] + (f" of {r['matched_to']}" if r.get("matched_to") else "")
             key = (r["pretrain_run"], r["regime"], r["train_set"], reading)
             f1[key][r["eval_set"]] = float(r["value"])
             kind_of[key][r["eval_set"]] = r["eval_kind"]
+            group_of[key][r["eval_set"]] = r.get("eval_group") or eval_group(r["eval_set"], DEFAULT_EVAL_GROUPS)
             eval_sets.add(r["eval_set"])
+            modes.add(r.get("f1_mode") or "strict")
     sets = sorted(eval_sets)
-    head = ["pretrain run", "regime", "train set", "reading", *sets, *[f"mean {k.replace('_', '-')}" for k in KINDS]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(sets) + len(KINDS))]
+    present = {g for gs in group_of.values() for g in gs.values()}
+    groups = [g for g in DEFAULT_EVAL_GROUPS if g in present]
+    groups += sorted(present - set(groups) - {UNGROUPED}) + ([UNGROUPED] if UNGROUPED in present else [])
+    means = [(kind_of, k, f"mean {k.replace('_', '-')}") for k in KINDS]
+    means += [(group_of, g, f"group {g}") for g in groups]
+    head = ["pretrain run", "regime", "train set", "reading", *sets, *[title for *_, title in means]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(sets) + len(means))]
     for key in sorted(f1):
-        means = []
-        for kind in KINDS:
-            vals = [v for s, v in f1[key].items() if kind_of[key][s] == kind]
-            means.append(sum(vals) / len(vals) if vals else None)
-        cells = [*key, *[_fmt(f1[key].get(s)) for s in sets], *map(_fmt, means)]
+        vals_of = []
+        for by, name, _ in means:
+            vals = [v for s, v in f1[key].items() if by[key][s] == name]
+            vals_of.append(sum(vals) / len(vals) if vals else None)
+        cells = [*key, *[_fmt(f1[key].get(s)) for s in sets], *map(_fmt, vals_of)]
         lines.append("| " + " | ".join(cells) + " |")
     if not f1:
         lines.append("| (no finished fine-tuning results) |" + " |" * (len(head) - 1))
-    intro = ("Test micro-F1 (entity level, strict IOB2, ×100). Reading: `final` = the run's final checkpoint; "
+    from metapretrain.finetune.evaluate import F1_MODE_TEXT
+
+    mode = " / ".join(F1_MODE_TEXT.get(m, m) for m in sorted(modes)) or F1_MODE_TEXT["strict"]
+    intro = (f"Test micro-F1 (entity level, {mode}, ×100). `group <name>`: mean over the eval sets of that "
+             "`finetune.eval_groups` group. Reading: `final` = the run's final checkpoint; "
              "`matched-<unit> of <meta run>` = the last checkpoint at or before that meta run's final steps, "
              "next-token tokens or FLOPs (metapretrain.matching).")
     return "\n".join([intro, "", *lines]) + "\n"
