@@ -329,7 +329,8 @@ def write_outputs(out: Path, run_id: str, data: FinetuneData, model: Classifier,
                       "train_set": train_set, "regime": regime, "checkpoint_step": model.checkpoint_step,
                       **(model.checkpoint or {}),
                       "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
-                      "log_every": ft.log_every, "head_type": ft.head_type, "data_dir": str(data.uner_dir),
+                      "log_every": ft.log_every, "head_type": ft.head_type, "f1_mode": ft.f1_mode,
+                      "data_dir": str(data.uner_dir),
                       "data": data.report})
     (out / STATE_FILE).unlink(missing_ok=True)  # only needed to resume an unfinished job
 
