@@ -19,6 +19,7 @@ rule figures:
         speedup=figure_group("speedup", "speedup.rst", "2. Speedup to equal loss"),
         ner=figure_group("ner", "ner.rst", "3. Universal NER"),
         dynamics=figure_group("dynamics", "dynamics.rst", "4. Learning dynamics"),
+        domains=figure_group("domains", "domains.rst", "6. Per-domain held-out loss"),
         tables=report(directory(f"{FIGURES_DIR}/tables"), patterns=["{table}.html"], caption="../report/tables.rst",
                       category="5. Tables", labels={"table": "{table}"}),
     log:
@@ -30,4 +31,4 @@ rule figures:
         experiment_file=EXPERIMENT_FILE,
     localrule: True
     shell:
-        "metapretrain figures --experiment-dir {params.exp_dir:q} --config {params.experiment_file:q} > {log:q} 2>&1"
+        "mkdir -p {output.domains:q} && metapretrain figures --experiment-dir {params.exp_dir:q} --config {params.experiment_file:q} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 
 Reads `grid.yaml`, each run's `config.resolved.yaml`, `pretrain/metrics.jsonl`,
 `dynamics/dynamics.csv` + `peaks.csv` and `ner/results.csv` (never wandb), and
-writes `figures/{loss,speedup,ner,dynamics}/*.{png,pdf}`,
+writes `figures/{loss,speedup,ner,dynamics,domains}/*.{png,pdf}`,
 `figures/tables/*.{csv,md,tex,html}`, the claims report `figures/claims.{md,json}`
 (metapretrain.figures.claims) and, last, `figures/index.json`.
 Whatever input is missing is skipped with a logged reason.
@@ -25,7 +25,7 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
 
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
-    from metapretrain.figures import claims, dynamics, loss, ner, speedup, style
+    from metapretrain.figures import claims, domains, dynamics, loss, ner, speedup, style
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
@@ -51,7 +51,8 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
         out.table(grid, "grid", f"The resolved grid of experiment '{data.name}'{about}: every run's axes, method, "
                   "panel, vanilla baseline (pairing rule in metapretrain.figures.pairing) and finished stages.",
                   sorted(["grid.yaml", *grid["source"]]))
-        for name, module in (("loss", loss), ("speedup", speedup), ("ner", ner), ("dynamics", dynamics)):
+        for name, module in (("loss", loss), ("speedup", speedup), ("ner", ner), ("dynamics", dynamics),
+                             ("domains", domains)):
             t0 = time.perf_counter()
             try:
                 module.render(data, d, out)
