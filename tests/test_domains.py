@@ -161,6 +161,13 @@ def test_hf_domain_loads_a_local_paloma_layout(tmp_path, hf_cache):
     capped = [dict(extra[0], max_documents=1)]
     assert tokenize(_tok_config(root, by_source=False, extra=capped), root / "tok2")["domains"]["paloma-c4_en"][
         "documents"] == 1
+    blank = tmp_path / "blank-hf"
+    (blank / "c4_en" / "val").mkdir(parents=True)
+    (blank / "c4_en" / "val" / "val.jsonl").write_text(json.dumps({"text": "  "}) + "\n")
+    empty = [{"name": "blank", "type": "hf", "dataset": str(blank / "c4_en" / "val")}]  # split: validation
+    with pytest.raises(CorpusError, match=r"corpus\.domains\.extra\[0\] \(domain 'blank'\): hf dataset .* has no "
+                                          "documents"):
+        tokenize(_tok_config(root, by_source=False, extra=empty), root / "tok4")
     bad = [dict(extra[0], config="no_such_source")]
     with pytest.raises(CorpusError, match="no_such_source"):
         tokenize(_tok_config(root, by_source=False, extra=bad), root / "tok3")
