@@ -190,7 +190,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
                       "meta run / baseline pairs, at the final evaluation (final) and at equal compute "
                       "(flops_matched: the baseline's loss linearly interpolated at the meta run's final FLOPs; "
                       "pairs beyond the baseline's evaluations left out): mean with 95% CI and two-sided p "
-                      f"(paired t-test over {over}, Welch where unpaired); ppl ratio = exp(mean Δ). "
+                      f"(paired t-test over the replicates, {over}; Welch where unpaired); ppl ratio = exp(mean Δ). "
                       f"{d.baseline_text()[:1].upper()}{d.baseline_text()[1:]}.",
                       inputs, display=dshown, latex_drop=("source", "test"))
     for coord in CURVE_COORDS:
