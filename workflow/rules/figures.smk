@@ -21,6 +21,7 @@ rule figures:
         dynamics=figure_group("dynamics", "dynamics.rst", "4. Learning dynamics"),
         finetune_speed=figure_group("finetune_speed", "finetune_speed.rst", "4a. Fine-tuning speed"),
         episodic=figure_group("episodic", "episodic.rst", "4b. Episodic curves"),
+        domains=figure_group("domains", "domains.rst", "6. Per-domain held-out loss"),
         tables=report(directory(f"{FIGURES_DIR}/tables"), patterns=["{table}.html"], caption="../report/tables.rst",
                       category="5. Tables", labels={"table": "{table}"}),
     log:

@@ -52,11 +52,18 @@ class DataSection(_Section):
 
 
 @dataclass(frozen=True)
+class DomainsSection(_Section):
+    by_source: bool
+    extra: list[dict]
+
+
+@dataclass(frozen=True)
 class CorpusSection(_Section):
     name: str
     sources: list[dict]
     validation_fraction: float
     max_documents: int | None
+    domains: DomainsSection
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class TrainSection(_Section):
     activation_checkpointing: bool
     eval_every: int
     eval_batches: int
+    domain_eval_batches: int
     log_every: int
     progress_every_s: float
     on_nonfinite: str

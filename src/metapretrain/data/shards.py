@@ -1,4 +1,4 @@
-"""Token shards: flat numpy memmaps (`train.bin`, `val.bin`) described by `manifest.json`.
+"""Token shards: flat numpy memmaps (`train.bin`, `val.bin`, `domain.<name>.bin`) described by `manifest.json`.
 
 Documents are encoded with the batch encoder and concatenated, each followed
 by `<|endoftext|>`. The dtype is uint16 when the vocabulary fits, else uint32.
@@ -13,6 +13,11 @@ import numpy as np
 from metapretrain.io import InputError, read_json
 
 MANIFEST = "manifest.json"
+
+
+def domain_file(name: str) -> str:
+    """An evaluation domain's shard, in the tokenize output (`corpus.domains`; names have no `/`)."""
+    return f"domain.{name}.bin"
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -61,6 +66,19 @@ def read_manifest(tok_dir: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise InputError(path, f"expected a JSON object, got {type(manifest).__name__}", 1)
     return manifest
+
+
+def domain_names(manifest: dict) -> list[str]:
+    """The evaluation domains a tokenize output holds, in manifest order (none for outputs written before
+    domains existed)."""
+    return list(manifest.get("domains") or {})
+
+
+def open_domain(tok_dir: str | Path, name: str, manifest: dict | None = None) -> np.memmap:
+    """The token memmap of evaluation domain `name`, read-only."""
+    manifest = manifest or read_manifest(tok_dir)
+    info = manifest["domains"][name]
+    return np.memmap(Path(tok_dir) / info["file"], dtype=np.dtype(manifest["dtype"]), mode="r", shape=(info["tokens"],))
 
 
 def open_split(tok_dir: str | Path, split: str) -> np.memmap:

@@ -18,7 +18,7 @@ from metapretrain.io import atomic_path, atomic_write_text, write_json
 
 log = logging.getLogger("metapretrain.figures")
 
-GROUPS = ("loss", "speedup", "ner", "dynamics", "tables")
+GROUPS = ("loss", "speedup", "ner", "dynamics", "finetune_speed", "episodic", "domains", "tables")
 REPORT_FILES = ("claims.md", "claims.json")  # top-level files in figures/ (metapretrain.figures.claims)
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

@@ -2,7 +2,7 @@
 
 Reads `grid.yaml`, each run's `config.resolved.yaml`, `pretrain/metrics.jsonl`,
 `dynamics/dynamics.csv` + `peaks.csv` and `ner/results.csv` (never wandb), and
-writes `figures/{loss,speedup,ner,dynamics}/*.{png,pdf}`,
+writes `figures/{loss,speedup,ner,dynamics,domains}/*.{png,pdf}`,
 `figures/tables/*.{csv,md,tex,html}`, the claims report `figures/claims.{md,json}`
 (metapretrain.figures.claims) and, last, `figures/index.json`.
 Whatever input is missing is skipped with a logged reason.
@@ -25,8 +25,8 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
 
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
-    from metapretrain.figures import (checkpoint_sweep, claims, dynamics, episodic, finetune_speed, loss, ner,
-                                      ner_protocol, speedup, style)
+    from metapretrain.figures import (checkpoint_sweep, claims, domains, dynamics, episodic, finetune_speed, loss,
+                                      ner, ner_protocol, speedup, style)
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
@@ -54,7 +54,8 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
                   sorted(["grid.yaml", *grid["source"]]))
         for name, module in (("loss", loss), ("speedup", speedup), ("ner", ner),
                              ("ner protocol", ner_protocol), ("checkpoint sweep", checkpoint_sweep),
-                             ("dynamics", dynamics), ("finetune_speed", finetune_speed), ("episodic", episodic)):
+                             ("dynamics", dynamics), ("finetune_speed", finetune_speed), ("episodic", episodic),
+                             ("domains", domains)):
             t0 = time.perf_counter()
             try:
                 module.render(data, d, out)

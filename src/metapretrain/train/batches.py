@@ -89,3 +89,19 @@ def fixed_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: 
     picks = np.linspace(0, n - 1, num=want).round().astype(np.int64) if want <= n else np.arange(want) % n
     rows = [np.asarray(tokens[w * seq_len:w * seq_len + seq_len + 1], dtype=np.int64) for w in picks]
     return [torch.from_numpy(np.stack(rows[i * batch_size:(i + 1) * batch_size])) for i in range(n_batches)]
+
+
+def domain_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int) -> list[torch.Tensor]:
+    """At most `n_batches` batches of evenly spaced windows of one evaluation domain's shard, the same set
+    at every evaluation, without repeats: a domain with fewer than `batch_size * n_batches` windows gives
+    all of them (the last batch may be smaller), and one shorter than a window gives one row of all its
+    tokens. Empty for an empty shard or `n_batches` 0."""
+    n = num_windows(len(tokens), seq_len)
+    if n_batches <= 0 or len(tokens) < 2:
+        return []
+    if n == 0:
+        return [torch.from_numpy(np.asarray(tokens, dtype=np.int64)[None, :])]
+    want = min(batch_size * n_batches, n)
+    picks = np.linspace(0, n - 1, num=want).round().astype(np.int64)
+    rows = [np.asarray(tokens[w * seq_len:w * seq_len + seq_len + 1], dtype=np.int64) for w in picks]
+    return [torch.from_numpy(np.stack(rows[i:i + batch_size])) for i in range(0, want, batch_size)]

@@ -32,13 +32,13 @@ import torch
 from metapretrain import checkpoint as ckpt
 from metapretrain import paths
 from metapretrain.cost import update_cost
-from metapretrain.data.shards import open_split, read_manifest
+from metapretrain.data.shards import domain_names, open_domain, open_split, read_manifest
 from metapretrain.device import resolve_device
 from metapretrain.launch import preemption
 from metapretrain.model.loss import next_token_loss
 from metapretrain.progress import Progress
 from metapretrain.train import distributed, runtime, schedule
-from metapretrain.train.batches import TokenBatches, fixed_batches
+from metapretrain.train.batches import TokenBatches, domain_batches, fixed_batches
 from metapretrain.train.metrics import MetricsWriter, WandbLogger
 from metapretrain.train.optim import build_optimizer, set_lr
 from metapretrain.train.steps import StepContext, StepMix, TrainingData
@@ -108,6 +108,10 @@ class Trainer:
         self.batches = TokenBatches(train_tokens, t.batch_size, t.seq_len, cfg.seed,
                                     rank=self.dist.rank, world=self.dist.world)
         self.val_batches = fixed_batches(open_split(data_dir, "val"), t.batch_size, t.seq_len, t.eval_batches)
+        # Evaluation domains (corpus.domains): a fixed set of at most train.domain_eval_batches batches each.
+        self.domain_batches = {name: b for name in domain_names(manifest)
+                               if (b := domain_batches(open_domain(data_dir, name, manifest), t.batch_size,
+                                                       t.seq_len, t.domain_eval_batches))}
         self.autocast = runtime.autocast_factory(self.precision, self.device)
         tokenizer = paths.tokenizer_file(paths.pretrain_dir(run_dir))
         data = TrainingData(train_tokens, dict(manifest.get("special_tokens", {})), str(tokenizer))
@@ -255,14 +259,25 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Validation loss on the fixed val batches, and `val_loss/<domain>` on each evaluation domain's: the
+        mean next-token loss over the domain's target tokens (its batches weighted by their token counts)."""
         self.model.eval()
         losses = []
         for batch in self.val_batches:
             with self.autocast():
                 losses.append(next_token_loss(self.wrapped, runtime.to_device(batch, self.device)).item())
+        domains = {}
+        for name, batches in self.domain_batches.items():
+            total, count = 0.0, 0
+            for batch in batches:
+                n = batch.shape[0] * (batch.shape[1] - 1)
+                with self.autocast():
+                    total += next_token_loss(self.wrapped, runtime.to_device(batch, self.device)).item() * n
+                count += n
+            domains[f"val_loss/{name}"] = total / count
         self.model.train()
         loss = sum(losses) / len(losses)
-        self.record("eval", val_loss=loss, val_ppl=math.exp(loss) if loss < 700 else math.inf)
+        self.record("eval", val_loss=loss, val_ppl=math.exp(loss) if loss < 700 else math.inf, **domains)
         return loss
 
     # ------------------------------------------------------------------ loop
