@@ -33,6 +33,7 @@ import json
 import math
 from pathlib import Path
 
+from metapretrain import paths
 from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs, safe_name
@@ -156,11 +157,12 @@ def curves(data: ExperimentData) -> tuple[list[dict], list[str]]:
     for r in data.runs:
         for ddir in sorted((r.run_dir / "finetune").glob("*~*")):
             parts = ddir.name.split("~")
-            if len(parts) != 2 or not (ddir / "done.json").is_file():  # matched readings have a third part
+            done_path = paths.done_file(ddir)
+            if len(parts) != 2 or not done_path.is_file():  # matched and sweep readings have a third part
                 continue
             train_set, regime = parts
             try:
-                done = json.loads((ddir / "done.json").read_text(encoding="utf-8"))
+                done = json.loads(done_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 done = {}
             entry = {"run_id": r.run_id, "train_set": train_set, "regime": regime}

@@ -25,8 +25,19 @@ def build_figures(exp_dir: str | Path, config: str | Path | None = None, *, form
 
     A figure module that raises is logged and skipped so the others still run; `strict` re-raises (tests).
     """
-    from metapretrain.figures import (checkpoint_sweep, claims, domains, dynamics, episodic, finetune_speed, loss,
-                                      ner, ner_protocol, speedup, style)
+    from metapretrain.figures import (
+        checkpoint_sweep,
+        claims,
+        domains,
+        dynamics,
+        episodic,
+        finetune_speed,
+        loss,
+        ner,
+        ner_protocol,
+        speedup,
+        style,
+    )
     from metapretrain.figures.load import load_experiment_data
     from metapretrain.figures.outputs import Outputs
     from metapretrain.figures.pairing import design
