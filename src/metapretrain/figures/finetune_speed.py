@@ -33,6 +33,7 @@ import json
 import math
 from pathlib import Path
 
+from metapretrain import paths
 from metapretrain.figures import stats
 from metapretrain.figures.load import ExperimentData
 from metapretrain.figures.outputs import Outputs, safe_name
@@ -156,11 +157,11 @@ def curves(data: ExperimentData) -> tuple[list[dict], list[str]]:
     for r in data.runs:
         for ddir in sorted((r.run_dir / "finetune").glob("*~*")):
             parts = ddir.name.split("~")
-            if len(parts) != 2 or not (ddir / "done.json").is_file():  # matched readings have a third part
+            if len(parts) != 2 or not paths.done_file(ddir).is_file():  # matched readings have a third part
                 continue
             train_set, regime = parts
             try:
-                done = json.loads((ddir / "done.json").read_text(encoding="utf-8"))
+                done = json.loads(paths.done_file(ddir).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 done = {}
             entry = {"run_id": r.run_id, "train_set": train_set, "regime": regime}
