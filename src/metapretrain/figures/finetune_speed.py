@@ -157,12 +157,11 @@ def curves(data: ExperimentData) -> tuple[list[dict], list[str]]:
     for r in data.runs:
         for ddir in sorted((r.run_dir / "finetune").glob("*~*")):
             parts = ddir.name.split("~")
-            done_path = paths.done_file(ddir)
-            if len(parts) != 2 or not done_path.is_file():  # matched and sweep readings have a third part
+            if len(parts) != 2 or not paths.done_file(ddir).is_file():  # matched readings have a third part
                 continue
             train_set, regime = parts
             try:
-                done = json.loads(done_path.read_text(encoding="utf-8"))
+                done = json.loads(paths.done_file(ddir).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 done = {}
             entry = {"run_id": r.run_id, "train_set": train_set, "regime": regime}
