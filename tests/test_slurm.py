@@ -346,8 +346,10 @@ def test_snakemake_profile_slurm_runs_grid_and_reattaches_after_ctrl_c(tmp_path,
     runs = [exp_dir / "runs" / f"method~{m}" for m in ("vanilla", "fomaml")]
 
     since = since_now()
+    # A shell's background job (`make test &`, nohup) starts with SIGINT ignored, which the driver would inherit
+    # and so never see the Ctrl-C: give it the default disposition a terminal's foreground job has.
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def pretrain_jobs_running():
             recs = [job_records.read_record(r, "pretrain") for r in runs]
