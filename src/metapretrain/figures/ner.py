@@ -278,7 +278,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
     out.table(cells, "ner_summary_cells",
               f"UNER micro-F1 summary per method and {d.panel_title()} over the runs of each cell (n = {ns} per "
               f"cell, replicate axes: {over}): mean of the per-run values of ner_summary with a {stats.T_INTERVAL} "
-              f"(none for n = 1). {mode}.", inputs, display=_shown_cells(cells), latex_drop=("source", "run_ids"))
+              f"(none for n = 1). {mode}.", inputs, display=shown_cells(cells), latex_drop=("source", "run_ids"))
     deltas = delta_table(data, d)
     if deltas.empty:
         data.skip("NER ΔF1: no meta run has a vanilla baseline with matching NER results")
@@ -329,8 +329,10 @@ def summary_cells(table, d: Design):
     return pd.DataFrame(rows)
 
 
-def _shown_cells(cells):
-    shown = cells[["panel", "method", "n"]].copy()
+def shown_cells(cells, lead=("panel", "method")):
+    """A table of cell means for display: the `lead` columns and n, then each value column with its
+    `<col> lo` / `<col> hi` / `<col> n` as `mean [lo, hi]`, then run ids and sources."""
+    shown = cells[[*lead, "n"]].copy()
     for col in cells.columns:
         if f"{col} lo" in cells.columns:
             shown[f"{col} [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.3f}") for m, lo, hi, n in

@@ -96,18 +96,6 @@ def cell_table(long, d: Design, row_keys: list[str], col_key: str, columns: list
     return pd.DataFrame(rows)
 
 
-def _shown(table, lead: list[str]):
-    shown = table[[*lead, "n"]].copy()
-    for col in table.columns:
-        if f"{col} lo" in table.columns:
-            shown[f"{col} [95% CI]"] = [stats.fmt_interval(m, lo, hi, n, "{:.3f}") for m, lo, hi, n in
-                                        zip(table[col], table[f"{col} lo"], table[f"{col} hi"], table[f"{col} n"],
-                                            strict=True)]
-    shown["run_ids"] = table["run_ids"]
-    shown["source"] = table["source"]
-    return shown
-
-
 def mt1_summary(df, d: Design):
     """M-T-1: rows cell × regime; columns the eval groups (titles) and Mean."""
     long = run_group_means(df)
@@ -188,7 +176,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
                   f"M-T-1: UNER summary micro-F1 per {d.panel_title()}, method and fine-tuning regime, by eval "
                   f"group ({', '.join(groups)}; {MEAN} = every grouped eval set): per run, mean over the group's "
                   f"test sets per train set, then over train sets; {over}. {mode}.", INPUTS,
-                  display=_shown(t1, ["panel", "method", "regime"]), latex_drop=("source", "run_ids"))
+                  display=ner.shown_cells(t1, ["panel", "method", "regime"]), latex_drop=("source", "run_ids"))
 
     t2 = mt2_diagonal(df, d)
     if t2.empty:
@@ -197,7 +185,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         out.table(t2, "ner_mt2_diagonal",
                   f"M-T-2: UNER micro-F1 when the eval set is the train set (the diagonal), per language, "
                   f"{d.panel_title()}, method and regime ({MEAN}: over the languages); {over}. {mode}.", INPUTS,
-                  display=_shown(t2, ["panel", "method", "regime"]), latex_drop=("source", "run_ids"))
+                  display=ner.shown_cells(t2, ["panel", "method", "regime"]), latex_drop=("source", "run_ids"))
 
     t3 = mt3_per_tag(df, d)
     if t3.empty:
@@ -206,7 +194,7 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
         out.table(t3, "ner_mt3_per_tag",
                   f"M-T-3: UNER absolute per-tag F1 on the diagonal (eval set = train set), per entity type, "
                   f"language, {d.panel_title()}, method and regime ({MEAN}: over the languages); {over}. {mode}.",
-                  INPUTS, display=_shown(t3, ["panel", "method", "regime", "entity"]),
+                  INPUTS, display=ner.shown_cells(t3, ["panel", "method", "regime", "entity"]),
                   latex_drop=("source", "run_ids"))
 
     t4 = mt4_zero_shot(df, d)
@@ -218,5 +206,5 @@ def render(data: ExperimentData, d: Design, out: Outputs) -> None:
                   f"M-T-4: zero-shot micro-F1 on the {ner.group_title(ZERO_SHOT_GROUP)} eval group (no train "
                   f"split) after fine-tuning on '{ZERO_SHOT_TRAIN}' (every train split), per {d.panel_title()}, "
                   f"method and regime: overall = mean over the group's sets, then each set; {over}. {mode}.",
-                  INPUTS, display=_shown(t4, ["panel", "method", "regime"]),
+                  INPUTS, display=ner.shown_cells(t4, ["panel", "method", "regime"]),
                   latex_drop=("source", "run_ids"))
